@@ -1,0 +1,205 @@
+"""Exact weight conversions: ScratchGPT <-> transformers' GPT-2, and import of the original project's checkpoints.
+
+Both conversions are a renaming of state-dict keys (plus a transpose for the matrices GPT-2 keeps in its
+``Conv1D`` layout, [in, out] instead of nn.Linear's [out, in]); one table per foreign format says which name
+becomes which.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from .configuration_scratchgpt import ScratchGPTConfig
+from .modeling_scratchgpt import ScratchGPTForCausalLM
+
+
+__all__ = ["to_gpt2", "from_gpt2", "load_legacy_checkpoint", "legacy_config"]
+
+
+# (ScratchGPT name, GPT-2 name, stored transposed by GPT-2's Conv1D); {i} is the layer index.
+_GPT2_NAMES = [
+    ("model.wte.weight", "transformer.wte.weight", False),
+    ("model.wpe.weight", "transformer.wpe.weight", False),
+    ("model.layers.{i}.ln_1.weight", "transformer.h.{i}.ln_1.weight", False),
+    ("model.layers.{i}.ln_1.bias", "transformer.h.{i}.ln_1.bias", False),
+    ("model.layers.{i}.attn.qkv.weight", "transformer.h.{i}.attn.c_attn.weight", True),
+    ("model.layers.{i}.attn.qkv.bias", "transformer.h.{i}.attn.c_attn.bias", False),
+    ("model.layers.{i}.attn.out_proj.weight", "transformer.h.{i}.attn.c_proj.weight", True),
+    ("model.layers.{i}.attn.out_proj.bias", "transformer.h.{i}.attn.c_proj.bias", False),
+    ("model.layers.{i}.ln_2.weight", "transformer.h.{i}.ln_2.weight", False),
+    ("model.layers.{i}.ln_2.bias", "transformer.h.{i}.ln_2.bias", False),
+    ("model.layers.{i}.mlp.fc_in.weight", "transformer.h.{i}.mlp.c_fc.weight", True),
+    ("model.layers.{i}.mlp.fc_in.bias", "transformer.h.{i}.mlp.c_fc.bias", False),
+    ("model.layers.{i}.mlp.fc_out.weight", "transformer.h.{i}.mlp.c_proj.weight", True),
+    ("model.layers.{i}.mlp.fc_out.bias", "transformer.h.{i}.mlp.c_proj.bias", False),
+    ("model.ln_f.weight", "transformer.ln_f.weight", False),
+    ("model.ln_f.bias", "transformer.ln_f.bias", False),
+    ("lm_head.weight", "lm_head.weight", False),
+]
+
+# (ScratchGPT name, legacy name); the original project used nn.Linear throughout, so nothing is transposed.
+_LEGACY_NAMES = [
+    ("model.wte.weight", "token_embedding.weight"),
+    ("model.wpe.weight", "positional_embedding.weight"),
+    ("model.layers.{i}.ln_1.weight", "blocks.{i}.norm1.weight"),
+    ("model.layers.{i}.ln_1.bias", "blocks.{i}.norm1.bias"),
+    ("model.layers.{i}.attn.qkv.weight", "blocks.{i}.attention.qkv.weight"),
+    ("model.layers.{i}.attn.qkv.bias", "blocks.{i}.attention.qkv.bias"),
+    ("model.layers.{i}.attn.out_proj.weight", "blocks.{i}.attention.out_proj.weight"),
+    ("model.layers.{i}.attn.out_proj.bias", "blocks.{i}.attention.out_proj.bias"),
+    ("model.layers.{i}.ln_2.weight", "blocks.{i}.norm2.weight"),
+    ("model.layers.{i}.ln_2.bias", "blocks.{i}.norm2.bias"),
+    ("model.layers.{i}.mlp.fc_in.weight", "blocks.{i}.feed_forward.fc1.weight"),
+    ("model.layers.{i}.mlp.fc_in.bias", "blocks.{i}.feed_forward.fc1.bias"),
+    ("model.layers.{i}.mlp.fc_out.weight", "blocks.{i}.feed_forward.fc2.weight"),
+    ("model.layers.{i}.mlp.fc_out.bias", "blocks.{i}.feed_forward.fc2.bias"),
+    ("model.ln_f.weight", "ln_f.weight"),
+    ("model.ln_f.bias", "ln_f.bias"),
+    ("lm_head.weight", "head.weight"),
+]
+
+
+def _expand(table: list[tuple], n_layer: int) -> list[tuple]:
+    """Instantiate the per-layer rows of a name table for layers 0 .. n_layer-1."""
+    rows = []
+    for row in table:
+        if "{i}" in row[0]:
+            rows.extend(tuple(c.format(i=i) if isinstance(c, str) else c for c in row) for i in range(n_layer))
+        else:
+            rows.append(row)
+    return rows
+
+
+def _shared_config_fields(config) -> dict:
+    """The fields that mean the same thing in ScratchGPTConfig and GPT2Config."""
+    names = ["vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "activation_function", "resid_pdrop",
+             "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range", "bos_token_id",
+             "eos_token_id", "pad_token_id", "tie_word_embeddings"]
+    fields = {name: getattr(config, name) for name in names}
+    fields["n_inner"] = config.n_inner if config.n_inner is not None else 4 * config.n_embd
+    return fields
+
+
+@torch.no_grad()
+def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
+    """An equivalent transformers ``GPT2LMHeadModel`` (same logits), loadable anywhere without remote code."""
+    config = GPT2Config(**_shared_config_fields(model.config), use_cache=model.config.use_cache)
+    gpt2 = GPT2LMHeadModel(config).to(model.dtype)
+    gpt2.set_attn_implementation(model.config._attn_implementation)
+    ours = model.state_dict()
+    gpt2.load_state_dict(
+        {theirs: ours[name].t() if transposed else ours[name] for name, theirs, transposed in
+         _expand(_GPT2_NAMES, model.config.n_layer)}
+    )
+    gpt2.generation_config = model.generation_config
+    return gpt2.train(model.training)
+
+
+@torch.no_grad()
+def from_gpt2(gpt2: GPT2LMHeadModel) -> ScratchGPTForCausalLM:
+    """An equivalent ``ScratchGPTForCausalLM`` from a transformers GPT-2 (e.g. stock ``openai-community/gpt2``)."""
+    unsupported = {
+        "add_cross_attention": gpt2.config.add_cross_attention,
+        "scale_attn_by_inverse_layer_idx": gpt2.config.scale_attn_by_inverse_layer_idx,
+        "scale_attn_weights=False": not gpt2.config.scale_attn_weights,
+    }
+    if any(unsupported.values()):
+        used = ", ".join(name for name, on in unsupported.items() if on)
+        raise ValueError(f"GPT-2 model uses {used}, which ScratchGPT does not implement")
+    config = ScratchGPTConfig(**_shared_config_fields(gpt2.config), use_cache=gpt2.config.use_cache)
+    model = ScratchGPTForCausalLM(config).to(gpt2.dtype)
+    model.set_attn_implementation(gpt2.config._attn_implementation)
+    theirs = gpt2.state_dict()
+    model.load_state_dict(
+        {name: theirs[other].t() if transposed else theirs[other] for name, other, transposed in
+         _expand(_GPT2_NAMES, config.n_layer)}
+    )
+    model.generation_config = gpt2.generation_config
+    return model.train(gpt2.training)
+
+
+def legacy_config(legacy: dict, special_token_ids: dict | None = None) -> ScratchGPTConfig:
+    """Translate an original-project ``config.json`` (embed_dim, num_heads, ...) into a ScratchGPTConfig."""
+    required = ["vocab_size", "embed_dim", "num_heads", "num_layers", "ff_dim", "max_seq_len"]
+    missing = [name for name in required if name not in legacy]
+    if missing:
+        raise ValueError(f"legacy config.json lacks {', '.join(missing)}")
+    dropout = legacy.get("dropout", 0.1)
+    return ScratchGPTConfig(
+        vocab_size=legacy["vocab_size"],
+        n_embd=legacy["embed_dim"],
+        n_head=legacy["num_heads"],
+        n_layer=legacy["num_layers"],
+        n_inner=legacy["ff_dim"],
+        n_positions=legacy["max_seq_len"],
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        activation_function="gelu",  # exact erf GELU, eps 1e-5: the original's nn.GELU / nn.LayerNorm defaults
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=False,
+        **(special_token_ids or {}),
+    )
+
+
+def _legacy_special_token_ids(folder: Path) -> dict:
+    """bos/eos/pad ids from a legacy BPE tokenizer.json beside the weights; {} for character tokenizers."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return {}
+    added = {t["content"]: t["id"] for t in json.loads(path.read_text(encoding="utf-8")).get("added_tokens", [])}
+    ids = {}
+    if "<|endoftext|>" in added:
+        ids["bos_token_id"] = ids["eos_token_id"] = added["<|endoftext|>"]
+    if "<|pad|>" in added:
+        ids["pad_token_id"] = added["<|pad|>"]
+    return ids
+
+
+def _describe(names, limit: int = 5) -> str:
+    names = sorted(names)
+    more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def load_legacy_checkpoint(path: str | Path) -> ScratchGPTForCausalLM:
+    """Load a checkpoint folder of the original from-scratch project (``config.json`` + ``pytorch_model.bin``).
+
+    Keys saved from a ``torch.compile``d model (prefix ``_orig_mod.``) are accepted and the ``causal_mask``
+    buffers ignored. Raises ``ValueError`` naming any missing or unexpected key, any shape mismatch, or a parameter
+    count that disagrees with the config's ``total_parameters``.
+    """
+    folder = Path(path)
+    for name in ("config.json", "pytorch_model.bin"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name}: not found (a legacy checkpoint folder holds config.json and "
+                                    f"pytorch_model.bin)")
+    legacy = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config = legacy_config(legacy, _legacy_special_token_ids(folder))
+    # weights_only: a checkpoint is data; never unpickle arbitrary objects from it
+    state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    state = {k.removeprefix("_orig_mod."): v for k, v in state.items() if not k.endswith("causal_mask")}
+
+    rows = _expand(_LEGACY_NAMES, config.n_layer)
+    expected = {legacy_name for _, legacy_name in rows}
+    missing, unexpected = expected - state.keys(), state.keys() - expected
+    if missing or unexpected:
+        problems = ([f"missing keys: {_describe(missing)}"] if missing else []) + (
+            [f"unexpected keys: {_describe(unexpected)}"] if unexpected else [])
+        raise ValueError(f"{folder / 'pytorch_model.bin'} does not match its config.json: {'; '.join(problems)}")
+
+    model = ScratchGPTForCausalLM(config)
+    target_shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
+    mismatched = [f"{legacy_name} {tuple(state[legacy_name].shape)} (expected {tuple(target_shapes[name])})"
+                  for name, legacy_name in rows if state[legacy_name].shape != target_shapes[name]]
+    if mismatched:
+        raise ValueError(f"{folder / 'pytorch_model.bin'}: shape mismatch: {_describe(mismatched)}")
+    model.load_state_dict({name: state[legacy_name] for name, legacy_name in rows})
+
+    expected_count = legacy.get("total_parameters")
+    if expected_count is not None and model.num_parameters() != expected_count:
+        raise ValueError(f"{folder / 'config.json'}: total_parameters is {expected_count:,} but the weights give "
+                         f"{model.num_parameters():,}")
+    return model.eval()

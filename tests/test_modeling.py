@@ -1,0 +1,237 @@
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache, pipeline
+
+from scratchgpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTModel
+
+from .testing_utils import tiny_config, tiny_tokenizer
+
+
+def tiny_model(attn_implementation="sdpa", **overrides) -> ScratchGPTForCausalLM:
+    model = ScratchGPTForCausalLM(tiny_config(**overrides)).eval()
+    model.set_attn_implementation(attn_implementation)
+    return model
+
+
+def random_ids(batch=2, length=12, vocab=300):
+    return torch.randint(3, vocab, (batch, length))
+
+
+# --- structure and registration ----------------------------------------------------------------------------------
+
+
+def test_auto_classes_resolve_scratchgpt():
+    config = AutoConfig.for_model("scratchgpt", vocab_size=300, n_embd=32, n_layer=2, n_head=4)
+    assert isinstance(config, ScratchGPTConfig)
+    assert type(AutoModelForCausalLM.from_config(config)) is ScratchGPTForCausalLM
+    assert type(AutoModel.from_config(config)) is ScratchGPTModel
+
+
+def test_default_attention_is_sdpa():
+    assert ScratchGPTForCausalLM(tiny_config()).config._attn_implementation == "sdpa"
+
+
+def test_head_is_untied_by_default_and_tied_on_request():
+    untied = tiny_model()
+    assert untied.lm_head.weight.data_ptr() != untied.model.wte.weight.data_ptr()
+    tied = tiny_model(tie_word_embeddings=True)
+    assert tied.lm_head.weight.data_ptr() == tied.model.wte.weight.data_ptr()
+
+
+def test_residual_projections_get_depth_scaled_init():
+    config = ScratchGPTConfig.from_preset("small", vocab_size=300)
+    model = ScratchGPTForCausalLM(config)
+    scaled = config.initializer_range / math.sqrt(2 * config.n_layer)
+    block = model.model.layers[0]
+    assert block.attn.out_proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
+    assert block.mlp.fc_out.weight.std().item() == pytest.approx(scaled, rel=0.05)
+    assert block.attn.qkv.weight.std().item() == pytest.approx(config.initializer_range, rel=0.05)
+    assert torch.all(block.attn.qkv.bias == 0) and torch.all(block.ln_1.weight == 1)
+
+
+# --- forward ---------------------------------------------------------------------------------------------------------
+
+
+def test_forward_shapes_and_standard_output():
+    model = tiny_model()
+    ids = random_ids()
+    out = model(ids)
+    assert out.logits.shape == (2, 12, 300)
+    assert isinstance(out.cache, DynamicCache) and out.cache.get_seq_length() == 12
+    assert model(ids, logits_to_keep=1).logits.shape == (2, 1, 300)
+
+
+def test_eager_and_sdpa_agree_with_padding():
+    ids = random_ids()
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding on the first row
+    eager, sdpa = tiny_model("eager"), tiny_model("sdpa")
+    sdpa.load_state_dict(eager.state_dict())
+    torch.testing.assert_close(sdpa(ids, attention_mask=mask).logits[0, 4:], eager(ids, attention_mask=mask).logits[0, 4:],
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(sdpa(ids).logits, eager(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_loss_shifts_labels_and_ignores_minus_100():
+    model = tiny_model()
+    ids = random_ids()
+    labels = ids.clone()
+    labels[:, :5] = -100
+    out = model(ids, labels=labels)
+    logits, targets = out.logits[:, :-1].reshape(-1, 300), labels[:, 1:].reshape(-1)
+    expected = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_loss_accepts_num_items_in_batch():
+    # the Trainer passes the token count of the whole accumulated batch; the loss is then sum / that count
+    model = tiny_model()
+    ids = random_ids()
+    out = model(ids, labels=ids, num_items_in_batch=torch.tensor(100))
+    summed = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 300), ids[:, 1:].reshape(-1),
+                                               reduction="sum")
+    torch.testing.assert_close(out.loss, summed / 100)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_output_hidden_states_and_attentions(attn_implementation):
+    model = tiny_model(attn_implementation)
+    ids = random_ids(length=6)
+    out = model(ids, output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == model.config.n_layer + 1
+    assert all(h.shape == (2, 6, 32) for h in out.hidden_states)
+    assert len(out.attentions) == model.config.n_layer
+    for probs in out.attentions:
+        assert probs.shape == (2, 4, 6, 6)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(2, 4, 6))
+        assert torch.all(probs.triu(1) == 0)  # causal: nothing attends to the future
+    # asking for attentions must not change the result
+    torch.testing.assert_close(out.logits, model(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_input_longer_than_context_is_a_clear_error():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"65 tokens \(0 cached \+ 65 new\).*n_positions=64"):
+        model(random_ids(batch=1, length=65))
+    cache = model(random_ids(batch=1, length=60)).cache
+    with pytest.raises(ValueError, match=r"66 tokens \(60 cached \+ 6 new\)"):
+        model(random_ids(batch=1, length=6), cache=cache)
+
+
+def test_exactly_n_positions_tokens_is_fine():
+    assert tiny_model()(random_ids(batch=1, length=64)).logits.shape == (1, 64, 300)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ids = random_ids()
+
+    def gradients(checkpointing: bool):
+        torch.manual_seed(0)
+        model = ScratchGPTForCausalLM(tiny_config()).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert all(block.gradient_checkpointing for block in model.model.layers)
+        model(ids, labels=ids).loss.backward()
+        return {name: p.grad for name, p in model.named_parameters()}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+
+
+# --- generation --------------------------------------------------------------------------------------------------------
+
+
+def test_greedy_generation_with_cache_equals_without():
+    model = tiny_model()
+    prompt = random_ids(batch=2, length=5)
+    cached = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=True)
+    uncached = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=False)
+    assert cached.shape == (2, 25)
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_left_padded_batch_generates_like_one_by_one(attn_implementation):
+    model = tiny_model(attn_implementation, pad_token_id=1)
+    prompts = [random_ids(batch=1, length=n)[0] for n in (3, 7, 5)]
+    width = max(len(p) for p in prompts)
+    ids = torch.full((3, width), 1)
+    mask = torch.zeros((3, width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = prompt
+        mask[row, width - len(prompt):] = 1
+    batched = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(prompt[None], max_new_tokens=10, do_sample=False)
+        assert torch.equal(batched[row, width:], alone[0, len(prompt):]), f"row {row}"
+
+
+def test_forward_with_left_padding_matches_unpadded():
+    model = tiny_model()
+    ids = random_ids(batch=1, length=6)
+    padded = torch.cat([torch.ones(1, 3, dtype=torch.long), ids], dim=1)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1]])
+    torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, 3:], model(ids).logits,
+                               atol=1e-5, rtol=0)
+
+
+def test_text_generation_pipeline_runs():
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    result = generator("The quick brown", max_new_tokens=8, do_sample=False)
+    assert result[0]["generated_text"].startswith("The quick brown")
+
+
+# --- save / load -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_save_load_round_trip_gives_identical_logits(tmp_path, tied):
+    model = tiny_model(tie_word_embeddings=tied)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is ScratchGPTForCausalLM
+    ids = random_ids()
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert (loaded.lm_head.weight.data_ptr() == loaded.model.wte.weight.data_ptr()) == tied
+
+
+def test_remote_code_load_where_scratchgpt_is_not_importable(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    auto_map = AutoConfig.from_pretrained(tmp_path / "model").auto_map
+    assert auto_map["AutoModelForCausalLM"] == "modeling_scratchgpt.ScratchGPTForCausalLM"
+    ids = random_ids()
+    torch.save({"ids": ids, "logits": model(ids).logits}, tmp_path / "expected.pt")
+
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["scratchgpt"] = None  # any `import scratchgpt` now raises ImportError
+        try:
+            import scratchgpt
+        except ImportError:
+            pass
+        else:
+            sys.exit("scratchgpt is importable; the test would prove nothing")
+        import torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        assert "scratchgpt" not in sys.modules or sys.modules["scratchgpt"] is None
+        assert not type(model).__module__.startswith("scratchgpt"), type(model).__module__
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        torch.testing.assert_close(model(expected["ids"]).logits, expected["logits"], atol=0, rtol=0)
+        print("remote-code-ok", type(model).__module__)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote-code-ok transformers_modules" in result.stdout
