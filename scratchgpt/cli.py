@@ -1,36 +1,27 @@
 """The ``scratchgpt`` command line.
 
-Each subcommand only wires arguments to a package function; errors about the user's input
-(``ValueError``, ``OSError``) become one line on stderr and exit status 1.
+Each subcommand only wires arguments to package functions. Errors about the user's input (``ValueError``,
+``OSError``) become one line on stderr and exit status 1; outputs are written to a staging folder and moved into
+place only when complete, so a failed or interrupted run leaves nothing that looks finished.
 """
 
 import argparse
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase
 
+from .data.sources import iter_documents, iter_texts, resolve_inputs
 from .modeling import ScratchGPTForCausalLM
-from .modeling.convert import from_gpt2, to_gpt2
+from .modeling.convert import convert_legacy_checkpoint, from_gpt2, to_gpt2
+from .tokenization import bytes_per_token, hold_out, train_bpe_tokenizer, train_char_tokenizer
 
 
-__all__ = ["main"]
-
-
-def _require_model_folder(src: str, model_type: str) -> None:
-    """Fail early, in one line, unless ``src`` is a local model folder of the given ``model_type``."""
-    config_file = Path(src) / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{src}: not a model folder (no config.json)")
-    found = AutoConfig.from_pretrained(src, trust_remote_code=False).model_type
-    if found != model_type:
-        raise ValueError(f"{src}: holds a {found!r} model, expected {model_type!r}")
-
-
-def _has_tokenizer(src: str) -> bool:
-    return any((Path(src) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
+__all__ = ["main", "staged_output", "save_model_folder"]
 
 
 def _refuse_existing(dst: str) -> None:
@@ -39,20 +30,18 @@ def _refuse_existing(dst: str) -> None:
         raise FileExistsError(f"{dst}: already exists and is not empty")
 
 
-def save_model_folder(model: PreTrainedModel, dst: str, tokenizer_src: str | None = None) -> None:
-    """Write ``model`` (and the tokenizer found in ``tokenizer_src``, if any) to ``dst`` atomically.
+@contextmanager
+def staged_output(dst: str) -> Iterator[Path]:
+    """Yield a temporary folder beside ``dst``; on success it becomes ``dst``, on any error it is removed.
 
-    Everything is written to a temporary folder beside ``dst`` and moved into place at the end, so an
-    interrupted run leaves no half-written model folder. An existing non-empty ``dst`` is refused.
+    An existing non-empty ``dst`` is refused before anything is written.
     """
     _refuse_existing(dst)
     target = Path(dst)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model.save_pretrained(staging)
-        if tokenizer_src is not None and _has_tokenizer(tokenizer_src):
-            AutoTokenizer.from_pretrained(tokenizer_src).save_pretrained(staging)
+        yield staging
         if target.exists():
             target.rmdir()
         staging.rename(target)
@@ -61,28 +50,85 @@ def save_model_folder(model: PreTrainedModel, dst: str, tokenizer_src: str | Non
         raise
 
 
+def save_model_folder(model: PreTrainedModel, dst: str, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+    """Write ``model`` (and ``tokenizer``, if given) to ``dst`` atomically (see ``staged_output``)."""
+    with staged_output(dst) as staging:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+
+
+def _require_model_folder(src: str, model_type: str) -> None:
+    """Fail early, in one line, unless ``src`` is a local model folder of the given ``model_type``."""
+    if not (Path(src) / "config.json").is_file():
+        raise FileNotFoundError(f"{src}: not a model folder (no config.json)")
+    found = AutoConfig.from_pretrained(src, trust_remote_code=False).model_type
+    if found != model_type:
+        raise ValueError(f"{src}: holds a {found!r} model, expected {model_type!r}")
+
+
+def _tokenizer_beside(src: str) -> PreTrainedTokenizerBase | None:
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+    return AutoTokenizer.from_pretrained(src) if any((Path(src) / n).is_file() for n in names) else None
+
+
 def _convert(args: argparse.Namespace) -> None:
     _refuse_existing(args.dst)  # before the (possibly long) load
-    if args.direction == "to-gpt2":
+    if args.direction == "legacy":
+        converted, tokenizer = convert_legacy_checkpoint(args.src)
+    elif args.direction == "to-gpt2":
         _require_model_folder(args.src, "scratchgpt")
-        converted = to_gpt2(ScratchGPTForCausalLM.from_pretrained(args.src))
+        converted, tokenizer = to_gpt2(ScratchGPTForCausalLM.from_pretrained(args.src)), _tokenizer_beside(args.src)
     else:
         _require_model_folder(args.src, "gpt2")
-        converted = from_gpt2(GPT2LMHeadModel.from_pretrained(args.src))
-    save_model_folder(converted, args.dst, tokenizer_src=args.src)
+        converted, tokenizer = from_gpt2(GPT2LMHeadModel.from_pretrained(args.src)), _tokenizer_beside(args.src)
+    save_model_folder(converted, args.dst, tokenizer)
     print(f"saved {converted.__class__.__name__} ({converted.num_parameters():,} parameters) to {args.dst}")
+
+
+def _tokenizer_train(args: argparse.Namespace) -> None:
+    resolve_inputs(args.input)  # missing or unsupported inputs fail before any work
+    _refuse_existing(args.output)
+    texts, held_out = hold_out(iter_texts(iter_documents(args.input)))
+    if args.type == "bpe":
+        tokenizer = train_bpe_tokenizer(texts, vocab_size=args.vocab_size or 32000,
+                                        min_frequency=args.min_frequency or 2)
+    else:
+        tokenizer = train_char_tokenizer(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency or 1)
+    with staged_output(args.output) as staging:
+        tokenizer.save_pretrained(staging)
+    compression = f"{bytes_per_token(tokenizer, held_out):.2f} bytes/token" if held_out else "n/a (input too small)"
+    print(f"vocabulary size: {len(tokenizer):,} ({args.type})")
+    print(f"compression on held-out text ({len(held_out):,} texts): {compression}")
+    print(f"saved to {args.output}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scratchgpt", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    convert = commands.add_parser("convert", help="convert a model folder between ScratchGPT and GPT-2")
-    convert.add_argument("direction", choices=["to-gpt2", "from-gpt2"],
-                         help="to-gpt2: ScratchGPT folder -> stock GPT2LMHeadModel folder; from-gpt2: the reverse")
-    convert.add_argument("src", help="source model folder (its tokenizer files are carried along)")
+    convert = commands.add_parser("convert", help="convert model folders: ScratchGPT <-> GPT-2, legacy -> ScratchGPT")
+    convert.add_argument("direction", choices=["to-gpt2", "from-gpt2", "legacy"],
+                         help="to-gpt2: ScratchGPT folder -> stock GPT2LMHeadModel folder; from-gpt2: the reverse; "
+                              "legacy: an original-project checkpoint folder (config.json, pytorch_model.bin, "
+                              "tokenizer.json) -> ScratchGPT folder")
+    convert.add_argument("src", help="source folder (its tokenizer is carried along)")
     convert.add_argument("dst", help="destination folder (must not exist or be empty)")
     convert.set_defaults(handler=_convert)
+
+    tokenizer = commands.add_parser("tokenizer", help="train a tokenizer")
+    tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
+    train = tokenizer_commands.add_parser("train", help="train a byte-level BPE or character tokenizer")
+    train.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                       help=".txt (blank-line separated documents), .jsonl ('text' or 'messages'), a folder of "
+                            "those, or 'chitchat' for the built-in corpus")
+    train.add_argument("--output", required=True, metavar="DIR", help="folder to save the tokenizer to")
+    train.add_argument("--type", choices=["bpe", "char"], default="bpe", help="tokenizer kind (default: bpe)")
+    train.add_argument("--vocab-size", type=int, default=None, metavar="N",
+                       help="exact size for bpe (default 32000); an upper bound for char (default: all characters)")
+    train.add_argument("--min-frequency", type=int, default=None, metavar="N",
+                       help="minimum count of a merge (bpe, default 2) or a character (char, default 1)")
+    train.set_defaults(handler=_tokenizer_train)
     return parser
 
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 from scratchgpt import ScratchGPTForCausalLM
 from scratchgpt.modeling.convert import from_gpt2, load_legacy_checkpoint, to_gpt2
 
-from .testing_utils import tiny_config
+from .testing_utils import LEGACY_CONFIG, legacy_state_dict, tiny_config, write_legacy_folder
 
 
 def random_ids(batch=2, length=16, vocab=300):
@@ -94,28 +94,6 @@ def test_from_gpt2_refuses_features_we_do_not_implement():
 
 # --- legacy checkpoints ---------------------------------------------------------------------------------------------
 
-LEGACY_CONFIG = {"vocab_size": 50, "embed_dim": 32, "num_heads": 4, "num_layers": 2, "ff_dim": 48,
-                 "max_seq_len": 16, "dropout": 0.1, "tokenizer_type": "character"}
-
-
-def legacy_state_dict(config=LEGACY_CONFIG) -> dict:
-    """Random weights under the original project's key names and shapes (DESIGN.md, section 5)."""
-    V, D, F_, T = config["vocab_size"], config["embed_dim"], config["ff_dim"], config["max_seq_len"]
-    shapes = {"token_embedding.weight": (V, D), "positional_embedding.weight": (T, D),
-              "ln_f.weight": (D,), "ln_f.bias": (D,), "head.weight": (V, D)}
-    for i in range(config["num_layers"]):
-        shapes |= {f"blocks.{i}.norm1.weight": (D,), f"blocks.{i}.norm1.bias": (D,),
-                   f"blocks.{i}.attention.qkv.weight": (3 * D, D), f"blocks.{i}.attention.qkv.bias": (3 * D,),
-                   f"blocks.{i}.attention.out_proj.weight": (D, D), f"blocks.{i}.attention.out_proj.bias": (D,),
-                   f"blocks.{i}.norm2.weight": (D,), f"blocks.{i}.norm2.bias": (D,),
-                   f"blocks.{i}.feed_forward.fc1.weight": (F_, D), f"blocks.{i}.feed_forward.fc1.bias": (F_,),
-                   f"blocks.{i}.feed_forward.fc2.weight": (D, F_), f"blocks.{i}.feed_forward.fc2.bias": (D,)}
-    state = {name: torch.randn(shape) * 0.1 + (1.0 if "norm" in name and name.endswith("weight") else 0.0)
-             for name, shape in shapes.items()}
-    state["causal_mask"] = torch.tril(torch.ones(1, 1, T, T))  # a buffer the format says to ignore
-    return state
-
-
 def legacy_forward(state: dict, config: dict, ids: torch.Tensor) -> torch.Tensor:
     """The original architecture, written from its description: pre-LN blocks, exact GELU, eps 1e-5, untied head."""
     D, H = config["embed_dim"], config["num_heads"]
@@ -136,13 +114,6 @@ def legacy_forward(state: dict, config: dict, ids: torch.Tensor) -> torch.Tensor
         x = x + F.linear(h, state[p + "feed_forward.fc2.weight"], state[p + "feed_forward.fc2.bias"])
     x = F.layer_norm(x, (D,), state["ln_f.weight"], state["ln_f.bias"], eps=1e-5)
     return x @ state["head.weight"].T
-
-
-def write_legacy_folder(folder, state, config=LEGACY_CONFIG):
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    torch.save(state, folder / "pytorch_model.bin")
-    return folder
 
 
 @pytest.mark.parametrize("compiled_prefix", ["", "_orig_mod."])
@@ -199,15 +170,6 @@ def test_legacy_import_never_unpickles_objects(tmp_path):
     write_legacy_folder(tmp_path, state)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_legacy_checkpoint(tmp_path)
-
-
-def test_legacy_bpe_special_tokens_come_from_its_tokenizer(tmp_path):
-    state = legacy_state_dict()
-    write_legacy_folder(tmp_path, state)
-    (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": [
-        {"id": 0, "content": "<|endoftext|>"}, {"id": 1, "content": "<|pad|>"}, {"id": 2, "content": "<|unk|>"}]}))
-    config = load_legacy_checkpoint(tmp_path).config
-    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (0, 0, 1)
 
 
 @pytest.mark.gpu

@@ -1,12 +1,15 @@
 """Small shared helpers for the test suite: tiny configs and a tokenizer trained in memory (no downloads)."""
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+import torch
+
 from transformers import PreTrainedTokenizerFast
 
 from scratchgpt import ScratchGPTConfig
+from scratchgpt.tokenization import train_bpe_tokenizer
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -27,11 +30,33 @@ def tiny_config(**overrides) -> ScratchGPTConfig:
 @lru_cache(maxsize=1)
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with 300 ids trained on SAMPLE_TEXT; id 0 is <|endoftext|>, id 1 <|pad|>."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator([SAMPLE_TEXT], trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>",
-                                   bos_token="<|endoftext|>", pad_token="<|pad|>")
+    return train_bpe_tokenizer([SAMPLE_TEXT], vocab_size=300, show_progress=False)
+
+
+LEGACY_CONFIG = {"vocab_size": 50, "embed_dim": 32, "num_heads": 4, "num_layers": 2, "ff_dim": 48,
+                 "max_seq_len": 16, "dropout": 0.1, "tokenizer_type": "character"}
+
+
+def legacy_state_dict(config=LEGACY_CONFIG) -> dict:
+    """Random weights under the original project's key names and shapes (DESIGN.md, section 5)."""
+    V, D, F_, T = config["vocab_size"], config["embed_dim"], config["ff_dim"], config["max_seq_len"]
+    shapes = {"token_embedding.weight": (V, D), "positional_embedding.weight": (T, D),
+              "ln_f.weight": (D,), "ln_f.bias": (D,), "head.weight": (V, D)}
+    for i in range(config["num_layers"]):
+        shapes |= {f"blocks.{i}.norm1.weight": (D,), f"blocks.{i}.norm1.bias": (D,),
+                   f"blocks.{i}.attention.qkv.weight": (3 * D, D), f"blocks.{i}.attention.qkv.bias": (3 * D,),
+                   f"blocks.{i}.attention.out_proj.weight": (D, D), f"blocks.{i}.attention.out_proj.bias": (D,),
+                   f"blocks.{i}.norm2.weight": (D,), f"blocks.{i}.norm2.bias": (D,),
+                   f"blocks.{i}.feed_forward.fc1.weight": (F_, D), f"blocks.{i}.feed_forward.fc1.bias": (F_,),
+                   f"blocks.{i}.feed_forward.fc2.weight": (D, F_), f"blocks.{i}.feed_forward.fc2.bias": (D,)}
+    state = {name: torch.randn(shape) * 0.1 + (1.0 if "norm" in name and name.endswith("weight") else 0.0)
+             for name, shape in shapes.items()}
+    state["causal_mask"] = torch.tril(torch.ones(1, 1, T, T))  # a buffer the format says to ignore
+    return state
+
+
+def write_legacy_folder(folder, state, config=LEGACY_CONFIG):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.save(state, folder / "pytorch_model.bin")
+    return folder

@@ -9,13 +9,15 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from ..tokenization import generation_eos_token_ids, load_legacy_tokenizer
 
 from .configuration_scratchgpt import ScratchGPTConfig
 from .modeling_scratchgpt import ScratchGPTForCausalLM
 
 
-__all__ = ["to_gpt2", "from_gpt2", "load_legacy_checkpoint", "legacy_config"]
+__all__ = ["to_gpt2", "from_gpt2", "load_legacy_checkpoint", "legacy_config", "convert_legacy_checkpoint"]
 
 
 # (ScratchGPT name, GPT-2 name, stored transposed by GPT-2's Conv1D); {i} is the layer index.
@@ -120,7 +122,7 @@ def from_gpt2(gpt2: GPT2LMHeadModel) -> ScratchGPTForCausalLM:
     return model.train(gpt2.training)
 
 
-def legacy_config(legacy: dict, special_token_ids: dict | None = None) -> ScratchGPTConfig:
+def legacy_config(legacy: dict) -> ScratchGPTConfig:
     """Translate an original-project ``config.json`` (embed_dim, num_heads, ...) into a ScratchGPTConfig."""
     required = ["vocab_size", "embed_dim", "num_heads", "num_layers", "ff_dim", "max_seq_len"]
     missing = [name for name in required if name not in legacy]
@@ -140,22 +142,7 @@ def legacy_config(legacy: dict, special_token_ids: dict | None = None) -> Scratc
         activation_function="gelu",  # exact erf GELU, eps 1e-5: the original's nn.GELU / nn.LayerNorm defaults
         layer_norm_epsilon=1e-5,
         tie_word_embeddings=False,
-        **(special_token_ids or {}),
     )
-
-
-def _legacy_special_token_ids(folder: Path) -> dict:
-    """bos/eos/pad ids from a legacy BPE tokenizer.json beside the weights; {} for character tokenizers."""
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        return {}
-    added = {t["content"]: t["id"] for t in json.loads(path.read_text(encoding="utf-8")).get("added_tokens", [])}
-    ids = {}
-    if "<|endoftext|>" in added:
-        ids["bos_token_id"] = ids["eos_token_id"] = added["<|endoftext|>"]
-    if "<|pad|>" in added:
-        ids["pad_token_id"] = added["<|pad|>"]
-    return ids
 
 
 def _describe(names, limit: int = 5) -> str:
@@ -177,7 +164,7 @@ def load_legacy_checkpoint(path: str | Path) -> ScratchGPTForCausalLM:
             raise FileNotFoundError(f"{folder / name}: not found (a legacy checkpoint folder holds config.json and "
                                     f"pytorch_model.bin)")
     legacy = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    config = legacy_config(legacy, _legacy_special_token_ids(folder))
+    config = legacy_config(legacy)
     # weights_only: a checkpoint is data; never unpickle arbitrary objects from it
     state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
     state = {k.removeprefix("_orig_mod."): v for k, v in state.items() if not k.endswith("causal_mask")}
@@ -203,3 +190,20 @@ def load_legacy_checkpoint(path: str | Path) -> ScratchGPTForCausalLM:
         raise ValueError(f"{folder / 'config.json'}: total_parameters is {expected_count:,} but the weights give "
                          f"{model.num_parameters():,}")
     return model.eval()
+
+
+def convert_legacy_checkpoint(path: str | Path) -> tuple[ScratchGPTForCausalLM, PreTrainedTokenizerFast]:
+    """A legacy checkpoint folder as a model and tokenizer ready for ``save_pretrained``: the special token ids
+    and the generation config (stop at ``<|endoftext|>``) come from the legacy tokenizer beside the weights."""
+    model = load_legacy_checkpoint(path)
+    tokenizer = load_legacy_tokenizer(path)
+    if len(tokenizer) != model.config.vocab_size:
+        raise ValueError(f"{path}: tokenizer.json has {len(tokenizer)} tokens but config.json says vocab_size "
+                         f"{model.config.vocab_size}")
+    tokenizer.model_max_length = model.config.n_positions
+    model.config.bos_token_id = tokenizer.bos_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config = GenerationConfig.from_model_config(model.config)
+    model.generation_config.eos_token_id = generation_eos_token_ids(tokenizer) or None
+    return model, tokenizer

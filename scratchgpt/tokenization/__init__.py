@@ -1,0 +1,26 @@
+"""Tokenizers: train byte-level BPE or character tokenizers, and load the original project's tokenizer files."""
+
+from .legacy import load_legacy_tokenizer
+from .trainers import (
+    CHAT_TEMPLATE,
+    SPECIAL_TOKENS,
+    bytes_per_token,
+    character_tokenizer,
+    generation_eos_token_ids,
+    hold_out,
+    train_bpe_tokenizer,
+    train_char_tokenizer,
+)
+
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "bytes_per_token",
+    "character_tokenizer",
+    "generation_eos_token_ids",
+    "hold_out",
+    "load_legacy_tokenizer",
+    "train_bpe_tokenizer",
+    "train_char_tokenizer",
+]
