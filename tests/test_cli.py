@@ -1,13 +1,26 @@
+import json
+import re
+import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, pipeline
 
 from scratchgpt import ScratchGPTForCausalLM
 from scratchgpt.cli import main
+from scratchgpt.modeling.convert import load_legacy_checkpoint
 
-from .testing_utils import tiny_config, tiny_tokenizer
+from .testing_utils import (
+    FIXTURES,
+    LEGACY_CONFIG,
+    SAMPLE_TEXT,
+    legacy_state_dict,
+    tiny_config,
+    tiny_tokenizer,
+    write_legacy_folder,
+)
 
 
 def saved_model(folder, with_tokenizer=True):
@@ -61,3 +74,78 @@ def test_command_line_exit_status(tmp_path):
                              str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip().endswith("nope: not a model folder (no config.json)")
+
+
+# --- tokenizer train -------------------------------------------------------------------------------------------------
+
+
+def test_tokenizer_train_bpe_on_files(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text((SAMPLE_TEXT + "\n\n") * 40)
+    (tmp_path / "b.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi there"}]}) + "\n")
+    out = tmp_path / "tok"
+    assert main(["tokenizer", "train", "--input", str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl"),
+                 "--vocab-size", "300", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "vocabulary size: 300 (bpe)" in printed and f"saved to {out}" in printed
+    assert re.search(r"compression on held-out text \(2 texts\): \d+\.\d\d bytes/token", printed), printed
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert len(tokenizer) == 300 and tokenizer.decode(tokenizer("hi there").input_ids) == "hi there"
+
+
+def test_tokenizer_train_char(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("abc abc\n\nxyz")
+    assert main(["tokenizer", "train", "--input", str(tmp_path / "a.txt"), "--type", "char",
+                 "--output", str(tmp_path / "tok")]) == 0
+    assert "vocabulary size: 14 (char)" in capsys.readouterr().out  # 7 specials + " abcxyz"
+    assert AutoTokenizer.from_pretrained(tmp_path / "tok")("cab").input_ids == [10, 8, 9]
+
+
+def test_tokenizer_train_errors_are_one_line_and_leave_nothing(tmp_path, capsys):
+    (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\n")
+    (tmp_path / "small.txt").write_text("tiny")
+    cases = [
+        (["--input", str(tmp_path / "missing.txt")], "missing.txt: no such file or folder"),
+        (["--input", str(tmp_path / "bad.txt")], "bad.txt:2: not valid UTF-8"),
+        (["--input", str(tmp_path / "small.txt"), "--vocab-size", "100"], "vocab_size 100 is too small"),
+        (["--input", str(tmp_path / "small.txt"), "--vocab-size", "1000"], "fewer than vocab_size 1000"),
+    ]
+    for args, message in cases:
+        assert main(["tokenizer", "train", *args, "--output", str(tmp_path / "tok")]) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt", "small.txt"]
+
+
+# --- convert legacy --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixture", ["checkpoint_tiny", "checkpoint_gpt2_small"])
+def test_convert_legacy_gives_a_complete_hub_folder(tmp_path, fixture):
+    legacy_tokenizer = FIXTURES / "legacy" / fixture / "tokenizer.json"
+    vocab_size = 65 if fixture == "checkpoint_tiny" else 32000
+    config = LEGACY_CONFIG | {"vocab_size": vocab_size}
+    src = write_legacy_folder(tmp_path / "legacy", legacy_state_dict(config), config)
+    shutil.copy(legacy_tokenizer, src / "tokenizer.json")
+
+    assert main(["convert", "legacy", str(src), str(tmp_path / "hub")]) == 0
+    names = {p.name for p in (tmp_path / "hub").iterdir()}
+    assert {"model.safetensors", "config.json", "generation_config.json", "modeling_scratchgpt.py",
+            "configuration_scratchgpt.py", "tokenizer.json", "tokenizer_config.json"} <= names
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hub").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hub")
+    assert len(tokenizer) == model.config.vocab_size == vocab_size
+    assert tokenizer.model_max_length == 16
+    ids = tokenizer("ROMEO: But soft!", return_tensors="pt").input_ids
+    torch.testing.assert_close(model(ids).logits, load_legacy_checkpoint(src)(ids).logits, atol=0, rtol=0)
+    if fixture == "checkpoint_gpt2_small":
+        assert (model.config.eos_token_id, model.config.pad_token_id, model.generation_config.eos_token_id) == (0, 1, [0])
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    assert generator("ROMEO:", max_new_tokens=5, do_sample=False)[0]["generated_text"].startswith("ROMEO:")
+
+
+def test_convert_legacy_checks_tokenizer_against_config(tmp_path, capsys):
+    src = write_legacy_folder(tmp_path / "legacy", legacy_state_dict())  # vocab 50
+    shutil.copy(FIXTURES / "legacy" / "checkpoint_tiny" / "tokenizer.json", src / "tokenizer.json")  # 65 symbols
+    assert main(["convert", "legacy", str(src), str(tmp_path / "hub")]) == 1
+    assert "tokenizer.json has 65 tokens but config.json says vocab_size 50" in capsys.readouterr().err
+    assert not (tmp_path / "hub").exists()

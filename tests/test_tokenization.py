@@ -1,0 +1,235 @@
+import json
+import subprocess
+import sys
+import textwrap
+from functools import lru_cache
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+from transformers import AutoTokenizer
+
+from scratchgpt.data.sources import iter_documents, iter_texts
+from scratchgpt.tokenization import (
+    SPECIAL_TOKENS,
+    bytes_per_token,
+    generation_eos_token_ids,
+    hold_out,
+    load_legacy_tokenizer,
+    train_bpe_tokenizer,
+    train_char_tokenizer,
+)
+
+from .testing_utils import FIXTURES, SAMPLE_TEXT
+
+
+LEGACY = FIXTURES / "legacy"
+
+VARIED_SAMPLE = [
+    "Hello world! How are you doing today?",
+    "  leading and trailing spaces  ",
+    "tabs\tand\nnewlines\r\nand CRLF",
+    "Ünïcödé àccents, naïve café, Straße",
+    "日本語のテキストと中文字符",
+    "emoji 😀🎉👩‍👩‍👧 and flags 🇫🇷",
+    "control \x00\x01\x7f characters",
+    "code: def f(x): return x ** 2  # comment",
+    "numbers 1234567890 3.14159 -42",
+    "<|endoftext|> special in text <|pad|>",
+    "",
+    "ROMEO:\nBut, soft! what light through yonder window breaks?",
+]
+
+
+@lru_cache(maxsize=1)
+def chitchat_sample() -> list[str]:
+    return [text for _, text in zip(range(2000), iter_texts(iter_documents(["chitchat"])))]
+
+
+@lru_cache(maxsize=1)
+def bpe() -> "PreTrainedTokenizerFast":  # noqa: F821
+    return train_bpe_tokenizer(chitchat_sample(), vocab_size=1000, show_progress=False)
+
+
+# --- byte-level BPE ------------------------------------------------------------------------------------------------
+
+
+def test_special_tokens_take_the_first_ids():
+    tokenizer = bpe()
+    assert tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS) == [0, 1, 2, 3, 4, 5]
+    assert SPECIAL_TOKENS == ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (0, 0, 1)
+    for token in SPECIAL_TOKENS:
+        assert tokenizer(f"a{token}b", add_special_tokens=False).input_ids.count(tokenizer.convert_tokens_to_ids(token)) == 1
+    assert generation_eos_token_ids(tokenizer) == [0, 5]
+
+
+def test_chat_template_renders_literally():
+    tokenizer = bpe()
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"},
+                    {"role": "assistant", "content": "Hello."}]
+    rendered = tokenizer.apply_chat_template(conversation, tokenize=False)
+    assert rendered == "<|system|>\nBe brief.<|end|>\n<|user|>\nHi!<|end|>\n<|assistant|>\nHello.<|end|>\n"
+    prompt = tokenizer.apply_chat_template(conversation[:2], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|user|>\nHi!<|end|>\n<|assistant|>\n")
+    ids = tokenizer.apply_chat_template(conversation[:2], add_generation_prompt=True, return_dict=False)
+    assert [i for i in ids if i < 6] == [2, 5, 3, 5, 4]  # system, end, user, end, assistant: one id each
+    assert tokenizer.decode(ids) == prompt
+
+
+def test_chat_template_rejects_unknown_roles():
+    with pytest.raises(Exception, match="unknown role robot"):
+        bpe().apply_chat_template([{"role": "robot", "content": "beep"}], tokenize=False)
+
+
+@pytest.mark.parametrize("vocab_size", [300, 777, 1000])
+def test_vocabulary_size_is_exactly_as_asked(vocab_size):
+    tokenizer = train_bpe_tokenizer(chitchat_sample(), vocab_size=vocab_size, show_progress=False)
+    assert len(tokenizer) == vocab_size == tokenizer.backend_tokenizer.get_vocab_size()
+
+
+def test_vocabulary_smaller_than_bytes_plus_specials_is_an_error():
+    with pytest.raises(ValueError, match="at least 262 \\(256 bytes \\+ 6 special tokens\\)"):
+        train_bpe_tokenizer(["some text"], vocab_size=261)
+
+
+def test_corpus_too_small_for_the_vocabulary_is_an_error():
+    with pytest.raises(ValueError, match="supports only .* fewer than vocab_size 5000"):
+        train_bpe_tokenizer(["tiny corpus"] * 3, vocab_size=5000, show_progress=False)
+
+
+def test_empty_corpus_is_an_error():
+    with pytest.raises(ValueError, match="no text"):
+        train_bpe_tokenizer(iter([]), vocab_size=300, show_progress=False)
+
+
+def test_training_is_deterministic():
+    first = train_bpe_tokenizer(chitchat_sample(), vocab_size=800, show_progress=False)
+    second = train_bpe_tokenizer(iter(chitchat_sample()), vocab_size=800, show_progress=False)
+    assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()
+
+
+def test_training_accepts_batches_of_texts():
+    # e.g. a datasets column read with ds.iter(batch_size=...)
+    texts = chitchat_sample()
+    batches = ([texts[i: i + 100]] for i in range(0, len(texts), 100))
+    batched = train_bpe_tokenizer((batch for [batch] in batches), vocab_size=800, show_progress=False)
+    assert batched.backend_tokenizer.to_str() == train_bpe_tokenizer(texts, vocab_size=800,
+                                                                     show_progress=False).backend_tokenizer.to_str()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+@example("")
+@example("😀 emoji, 中文, 日本語, \x00\x1f\x7f\u200b, \ud7ff\ue000\U0010ffff")
+@example("  \n\n\t  ")
+def test_bpe_round_trip_is_lossless(text):
+    tokenizer = bpe()
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.unk_token_id is None or tokenizer.unk_token_id not in ids
+
+
+def test_compression_is_measured_on_held_out_text():
+    training, held = hold_out(iter(chitchat_sample()), every=10)
+    tokenizer = train_bpe_tokenizer(training, vocab_size=1000, show_progress=False)
+    assert len(held) == 200
+    assert 2.0 < bytes_per_token(tokenizer, held) < 5.0
+    assert bytes_per_token(tokenizer, held) > bytes_per_token(train_char_tokenizer(chitchat_sample()), held)
+
+
+# --- character level -----------------------------------------------------------------------------------------------
+
+
+def test_char_tokenizer_is_one_id_per_character():
+    tokenizer = train_char_tokenizer([SAMPLE_TEXT, "日本 😀"])
+    text = "Hello world! 日本😀"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert len(ids) == len(text)
+    assert tokenizer.decode(ids) == text  # concatenation, no inserted spaces
+    assert tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS) == [0, 1, 2, 3, 4, 5]
+    assert tokenizer.unk_token == "<|unk|>" and tokenizer.unk_token_id == 6
+    # characters in code-point order after the specials
+    assert tokenizer.convert_ids_to_tokens([7, 8]) == [" ", "!"]
+
+
+def test_char_tokenizer_maps_unknown_characters_to_unk():
+    tokenizer = train_char_tokenizer(["abc"])
+    assert tokenizer("abz", add_special_tokens=False).input_ids == [7, 8, 6]
+
+
+def test_char_tokenizer_vocab_size_keeps_the_most_frequent():
+    tokenizer = train_char_tokenizer(["aaaa bbb cc d"], vocab_size=7 + 3)
+    assert len(tokenizer) == 10
+    assert set(tokenizer.convert_ids_to_tokens([7, 8, 9])) == {"a", "b", " "}
+
+
+# --- loading anywhere ------------------------------------------------------------------------------------------------
+
+
+def test_tokenizers_load_where_scratchgpt_is_not_importable(tmp_path):
+    tokenizers = {"bpe": bpe(), "char": train_char_tokenizer(chitchat_sample()[:100])}
+    expected = {}
+    for name, tokenizer in tokenizers.items():
+        tokenizer.save_pretrained(tmp_path / name)
+        expected[name] = tokenizer("Hi there 😀 <|user|>", add_special_tokens=False).input_ids
+    (tmp_path / "expected.json").write_text(json.dumps(expected))
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["scratchgpt"] = None
+        from transformers import AutoTokenizer
+        expected = json.load(open({str(tmp_path / "expected.json")!r}))
+        for name, ids in expected.items():
+            tokenizer = AutoTokenizer.from_pretrained({str(tmp_path)!r} + "/" + name)
+            assert tokenizer("Hi there 😀 <|user|>", add_special_tokens=False).input_ids == ids, name
+            assert tokenizer.decode(ids) == "Hi there 😀 <|user|>" or name == "char", name
+            chat = tokenizer.apply_chat_template([{{"role": "user", "content": "Hi"}}], tokenize=False,
+                                                 add_generation_prompt=True)
+            assert chat == "<|user|>\\nHi<|end|>\\n<|assistant|>\\n", chat
+        print("tokenizers-ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tokenizers-ok" in result.stdout
+
+
+# --- legacy tokenizer files ------------------------------------------------------------------------------------------
+
+
+def test_legacy_bpe_gives_the_same_ids_as_tokenizers():
+    reference = Tokenizer.from_file(str(LEGACY / "checkpoint_gpt2_small" / "tokenizer.json"))
+    tokenizer = load_legacy_tokenizer(LEGACY / "checkpoint_gpt2_small")
+    assert len(tokenizer) == 32000
+    assert (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+    for text in VARIED_SAMPLE + chitchat_sample()[:300]:
+        assert tokenizer(text).input_ids == reference.encode(text).ids, text
+    assert tokenizer.decode(reference.encode("Hello world!").ids) == "Hello world!"
+
+
+def legacy_char_encode(table: dict, text: str) -> list[int]:
+    """The original project's character encoder: characters outside the vocabulary are dropped."""
+    return [table["char_to_idx"][c] for c in text if c in table["char_to_idx"]]
+
+
+@pytest.mark.parametrize("folder", ["checkpoint_tiny", "checkpoint_medium"])
+def test_legacy_char_gives_the_legacy_encoder_ids(folder):
+    table = json.loads((LEGACY / folder / "tokenizer.json").read_text())
+    tokenizer = load_legacy_tokenizer(LEGACY / folder / "tokenizer.json")
+    assert len(tokenizer) == table["vocab_size"]
+    for text in VARIED_SAMPLE + chitchat_sample()[:300]:
+        ids = tokenizer(text).input_ids
+        assert ids == legacy_char_encode(table, text), text
+        assert tokenizer.decode(ids) == "".join(table["idx_to_char"][str(i)] for i in ids)
+
+
+def test_legacy_tokenizer_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer.json: not found"):
+        load_legacy_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text('{"type": "wordpiece"}')
+    with pytest.raises(ValueError, match="neither a tokenizers JSON nor a legacy character tokenizer"):
+        load_legacy_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text('{"type": "character", "vocab_size": 3, "char_to_idx": {"a": 0}}')
+    with pytest.raises(ValueError, match="vocab_size 3 but char_to_idx has 1 entries"):
+        load_legacy_tokenizer(tmp_path)
