@@ -78,28 +78,29 @@ def _shared_config_fields(config) -> dict:
     """The fields that mean the same thing in ScratchGPTConfig and GPT2Config."""
     names = ["vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "activation_function", "resid_pdrop",
              "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range", "bos_token_id",
-             "eos_token_id", "pad_token_id", "tie_word_embeddings"]
+             "eos_token_id", "pad_token_id", "tie_word_embeddings", "use_cache"]
     fields = {name: getattr(config, name) for name in names}
     fields["n_inner"] = config.n_inner if config.n_inner is not None else 4 * config.n_embd
     return fields
 
 
 @torch.no_grad()
+def _transfer(source, target, names: list[tuple[str, str, bool]]):
+    """Copy ``source``'s weights into ``target`` by (source name, target name, transpose) rows, with its dtype,
+    attention implementation, generation config and train/eval mode."""
+    state = source.state_dict()
+    target.load_state_dict({dst: state[src].t() if transposed else state[src] for src, dst, transposed in names})
+    target.set_attn_implementation(source.config._attn_implementation)
+    target.generation_config = source.generation_config
+    return target.to(source.dtype).train(source.training)
+
+
 def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
     """An equivalent transformers ``GPT2LMHeadModel`` (same logits), loadable anywhere without remote code."""
-    config = GPT2Config(**_shared_config_fields(model.config), use_cache=model.config.use_cache)
-    gpt2 = GPT2LMHeadModel(config).to(model.dtype)
-    gpt2.set_attn_implementation(model.config._attn_implementation)
-    ours = model.state_dict()
-    gpt2.load_state_dict(
-        {theirs: ours[name].t() if transposed else ours[name] for name, theirs, transposed in
-         _expand(_GPT2_NAMES, model.config.n_layer)}
-    )
-    gpt2.generation_config = model.generation_config
-    return gpt2.train(model.training)
+    gpt2 = GPT2LMHeadModel(GPT2Config(**_shared_config_fields(model.config)))
+    return _transfer(model, gpt2, _expand(_GPT2_NAMES, model.config.n_layer))
 
 
-@torch.no_grad()
 def from_gpt2(gpt2: GPT2LMHeadModel) -> ScratchGPTForCausalLM:
     """An equivalent ``ScratchGPTForCausalLM`` from a transformers GPT-2 (e.g. stock ``openai-community/gpt2``)."""
     unsupported = {
@@ -110,16 +111,8 @@ def from_gpt2(gpt2: GPT2LMHeadModel) -> ScratchGPTForCausalLM:
     if any(unsupported.values()):
         used = ", ".join(name for name, on in unsupported.items() if on)
         raise ValueError(f"GPT-2 model uses {used}, which ScratchGPT does not implement")
-    config = ScratchGPTConfig(**_shared_config_fields(gpt2.config), use_cache=gpt2.config.use_cache)
-    model = ScratchGPTForCausalLM(config).to(gpt2.dtype)
-    model.set_attn_implementation(gpt2.config._attn_implementation)
-    theirs = gpt2.state_dict()
-    model.load_state_dict(
-        {name: theirs[other].t() if transposed else theirs[other] for name, other, transposed in
-         _expand(_GPT2_NAMES, config.n_layer)}
-    )
-    model.generation_config = gpt2.generation_config
-    return model.train(gpt2.training)
+    model = ScratchGPTForCausalLM(ScratchGPTConfig(**_shared_config_fields(gpt2.config)))
+    return _transfer(gpt2, model, [(theirs, ours, t) for ours, theirs, t in _expand(_GPT2_NAMES, gpt2.config.n_layer)])
 
 
 def legacy_config(legacy: dict) -> ScratchGPTConfig:
