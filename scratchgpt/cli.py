@@ -6,11 +6,7 @@ place only when complete, so a failed or interrupted run leaves nothing that loo
 """
 
 import argparse
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase
@@ -18,36 +14,11 @@ from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedM
 from .data.sources import iter_documents, iter_texts, resolve_inputs
 from .modeling import ScratchGPTForCausalLM
 from .modeling.convert import convert_legacy_checkpoint, from_gpt2, to_gpt2
+from .staging import refuse_existing, staged_output
 from .tokenization import bytes_per_token, hold_out, train_bpe_tokenizer, train_char_tokenizer
 
 
-__all__ = ["main", "staged_output", "save_model_folder"]
-
-
-def _refuse_existing(dst: str) -> None:
-    target = Path(dst)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(f"{dst}: already exists and is not empty")
-
-
-@contextmanager
-def staged_output(dst: str) -> Iterator[Path]:
-    """Yield a temporary folder beside ``dst``; on success it becomes ``dst``, on any error it is removed.
-
-    An existing non-empty ``dst`` is refused before anything is written.
-    """
-    _refuse_existing(dst)
-    target = Path(dst)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield staging
-        if target.exists():
-            target.rmdir()
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+__all__ = ["main", "save_model_folder"]
 
 
 def save_model_folder(model: PreTrainedModel, dst: str, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
@@ -73,7 +44,7 @@ def _tokenizer_beside(src: str) -> PreTrainedTokenizerBase | None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    _refuse_existing(args.dst)  # before the (possibly long) load
+    refuse_existing(args.dst)  # before the (possibly long) load
     if args.direction == "legacy":
         converted, tokenizer = convert_legacy_checkpoint(args.src)
     elif args.direction == "to-gpt2":
@@ -88,7 +59,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _tokenizer_train(args: argparse.Namespace) -> None:
     resolve_inputs(args.input)  # missing or unsupported inputs fail before any work
-    _refuse_existing(args.output)
+    refuse_existing(args.output)
     texts, held_out = hold_out(iter_texts(iter_documents(args.input)))
     if args.type == "bpe":
         tokenizer = train_bpe_tokenizer(texts, vocab_size=args.vocab_size or 32000,
