@@ -6,11 +6,14 @@ place only when complete, so a failed or interrupted run leaves nothing that loo
 """
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase
 
+from .data.cleaning import CLEAN_MODES
+from .data.prepare import prepare_dataset, read_metadata
 from .data.sources import iter_documents, iter_texts, resolve_inputs
 from .modeling import ScratchGPTForCausalLM
 from .modeling.convert import convert_legacy_checkpoint, from_gpt2, to_gpt2
@@ -74,6 +77,33 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
     print(f"saved to {args.output}")
 
 
+def _load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{path}: no such tokenizer folder")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    tokenizer = _load_tokenizer(args.tokenizer)
+    prepare_dataset(tokenizer, args.input, args.output, block_size=args.block_size, val_fraction=args.val_fraction,
+                    clean=args.clean, num_proc=args.num_proc, seed=args.seed, text_documents=args.text_documents,
+                    rebuild=args.rebuild)
+    metadata = read_metadata(args.output)
+    print(f"\nprepared data in {args.output} (token ids as {metadata['dtype']}, block size "
+          f"{metadata['settings']['block_size']}, vocabulary {metadata['tokenizer']['vocab_size']:,})")
+    print(f"{'split':<12}{'documents':>12}{'tokens':>15}{'blocks':>12}{'dropped':>10}")
+    for name, counts in metadata["splits"].items():
+        print(f"{name:<12}{counts['documents']:>12,}{counts['tokens']:>15,}{counts['blocks']:>12,}"
+              f"{counts['tokens_dropped']:>10,}")
+    cleaning = metadata["cleaning"]
+    if cleaning["mode"] != "off":
+        print(f"cleaning ({cleaning['mode']}): {cleaning['documents_in']:,} documents in, "
+              f"{cleaning['documents_out']:,} out; {cleaning['too_short_removed']:,} too short, "
+              f"{cleaning['duplicates_removed']:,} duplicates; {cleaning['documents_normalised']:,} normalised; "
+              f"{cleaning['control_chars_removed']:,} control and {cleaning['whitespace_chars_removed']:,} "
+              f"whitespace characters removed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scratchgpt", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -100,11 +130,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--min-frequency", type=int, default=None, metavar="N",
                        help="minimum count of a merge (bpe, default 2) or a character (char, default 1)")
     train.set_defaults(handler=_tokenizer_train)
+
+    prepare = commands.add_parser("prepare", help="tokenize and pack a corpus into a memory-mapped Arrow dataset")
+    prepare.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer folder (save_pretrained)")
+    prepare.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                         help=".txt, .jsonl, .parquet, folders or globs of those, or 'chitchat'")
+    prepare.add_argument("--block-size", type=int, required=True, metavar="N", help="tokens per training block")
+    prepare.add_argument("--output", required=True, metavar="DIR", help="folder for the prepared dataset")
+    prepare.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                         help="fraction of documents held out for validation (default 0.1; 0 for none)")
+    prepare.add_argument("--clean", choices=["off", *CLEAN_MODES], default="off", help="cleaning mode (default off)")
+    prepare.add_argument("--num-proc", type=int, default=None, metavar="N", help="worker processes for tokenizing")
+    prepare.add_argument("--text-documents", choices=["paragraph", "file"], default="paragraph",
+                         help=".txt documents: separated by blank lines (default) or one per file")
+    prepare.add_argument("--seed", type=int, default=0, help="seed of the train/validation split (default 0)")
+    prepare.add_argument("--rebuild", action="store_true", help="rebuild even if the output is up to date")
+    prepare.set_defaults(handler=_prepare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.handler(args)
     except (ValueError, OSError) as error:

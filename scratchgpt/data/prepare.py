@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 from datasets import Dataset, DatasetDict, Features, List, Value, load_from_disk
+from datasets.exceptions import DatasetGenerationError
 from transformers import PreTrainedTokenizerBase
 
 from ..staging import staged_output
@@ -161,9 +162,15 @@ def prepare_dataset(
 
     with staged_output(output, overwrite=existing is not None) as staging:
         cache = str(staging / "cache")
-        documents = Dataset.from_generator(
-            _document_records, features=DOCUMENT_FEATURES, cache_dir=cache, fingerprint=fingerprint[:32],
-            gen_kwargs={"inputs": files, "text_documents": text_documents})
+        try:
+            documents = Dataset.from_generator(
+                _document_records, features=DOCUMENT_FEATURES, cache_dir=cache, fingerprint=fingerprint[:32],
+                gen_kwargs={"inputs": files, "text_documents": text_documents})
+        except DatasetGenerationError as error:
+            # datasets wraps whatever the reader raised; a bad-input error is the user's one-line message
+            if isinstance(error.__cause__, (ValueError, OSError)):
+                raise error.__cause__ from None
+            raise
         if len(documents) == 0:
             raise ValueError(f"no documents in {', '.join(inputs)}")
         documents, cleaning = clean_documents(documents, clean, num_proc)

@@ -1,0 +1,254 @@
+import json
+import os
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from scratchgpt.data import prepare as prepare_module
+from scratchgpt.data.prepare import (
+    METADATA_FILE,
+    collate_blocks,
+    load_prepared,
+    prepare_dataset,
+    read_metadata,
+    token_dtype,
+)
+from scratchgpt.tokenization import train_bpe_tokenizer, train_char_tokenizer
+
+from .testing_utils import SAMPLE_TEXT
+
+
+@lru_cache(maxsize=1)
+def tokenizer():
+    return train_bpe_tokenizer([SAMPLE_TEXT], vocab_size=300, show_progress=False)
+
+
+def documents(n=40):
+    # every document distinct, so each can be recognised in the packed stream
+    return [f"document {i}: " + " ".join(["the quick brown fox"] * (1 + i % 7)) for i in range(n)]
+
+
+def write_text(path, docs):
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def stream(dataset):
+    return np.concatenate([row["input_ids"] for row in dataset]) if len(dataset) else np.array([], dtype=np.int64)
+
+
+def segments(ids, eos):
+    """Split a packed stream at eos: the complete documents it holds (the first and last may be partial)."""
+    cuts = np.flatnonzero(ids == eos)
+    return [tuple(part) for part in np.split(ids, cuts + 1)]
+
+
+# --- packing ---------------------------------------------------------------------------------------------------------
+
+
+def test_packing_is_exact_without_validation(tmp_path):
+    docs = documents()
+    result = prepare_dataset(tokenizer(), [write_text(tmp_path / "a.txt", docs)], tmp_path / "out", block_size=16,
+                             val_fraction=0)
+    eos = tokenizer().eos_token_id
+    expected = np.concatenate([tokenizer()(d, add_special_tokens=False).input_ids + [eos] for d in docs])
+    packed = stream(result["train"])
+    n_blocks = len(expected) // 16
+    assert len(result["train"]) == n_blocks and list(result) == ["train"]
+    assert np.array_equal(packed, expected[: n_blocks * 16])  # every token, in order, one eos between documents
+    counts = read_metadata(tmp_path / "out")["splits"]["train"]
+    assert counts == {"documents": 40, "tokens": len(expected), "blocks": n_blocks,
+                      "tokens_dropped": len(expected) - n_blocks * 16}
+
+
+def test_split_is_by_document_with_no_leakage(tmp_path):
+    docs = documents(50)
+    result = prepare_dataset(tokenizer(), [write_text(tmp_path / "a.txt", docs)], tmp_path / "out", block_size=8,
+                             val_fraction=0.2, seed=3)
+    eos = tokenizer().eos_token_id
+    encoded = {tuple(tokenizer()(d, add_special_tokens=False).input_ids + [eos]): d for d in docs}
+    seen = {}
+    for split in ("train", "validation"):
+        parts = segments(stream(result[split]), eos)
+        complete = [p for p in parts[:-1] if p in encoded]  # the final part may be cut by the dropped tail
+        assert len(complete) >= len(parts) - 2, split
+        seen[split] = [encoded[p] for p in complete]
+        assert len(set(seen[split])) == len(seen[split]), f"a document repeats in {split}"
+    assert not set(seen["train"]) & set(seen["validation"])
+    metadata = read_metadata(tmp_path / "out")["splits"]
+    assert (metadata["train"]["documents"], metadata["validation"]["documents"]) == (40, 10)
+    assert len(set(seen["train"]) | set(seen["validation"])) >= 48  # at most one tail document per split is cut
+
+
+def test_conversations_use_the_chat_template(tmp_path):
+    chat_tokenizer = train_bpe_tokenizer([SAMPLE_TEXT], vocab_size=300, show_progress=False)
+    record = {"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi there"}]}
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps(record) + "\n" + json.dumps({"text": "plain words"}) + "\n")
+    result = prepare_dataset(chat_tokenizer, [str(path)], tmp_path / "out", block_size=4, val_fraction=0)
+    text = chat_tokenizer.decode(stream(result["train"]))
+    rendered = "<|user|>\nhello<|end|>\n<|assistant|>\nhi there<|end|>\n<|endoftext|>plain words<|endoftext|>"
+    assert rendered.startswith(text) and len(text) >= len(rendered) - 20
+
+
+def test_every_source_format(tmp_path):
+    (tmp_path / "docs").mkdir()
+    write_text(tmp_path / "docs" / "a.txt", ["text file document"])
+    (tmp_path / "docs" / "b.jsonl").write_text(json.dumps({"text": "jsonl text document"}) + "\n")
+    pq.write_table(pa.table({"text": ["parquet document one", "parquet document two"]}),
+                   tmp_path / "docs" / "c.parquet")
+    pq.write_table(pa.table({"messages": [[{"role": "user", "content": "parquet chat"}]]}), tmp_path / "d.parquet")
+    result = prepare_dataset(tokenizer(), [str(tmp_path / "docs"), str(tmp_path / "*.parquet")], tmp_path / "out",
+                             block_size=4, val_fraction=0)
+    text = tokenizer().decode(stream(result["train"]), skip_special_tokens=False)
+    for piece in ["text file document", "jsonl text document", "parquet document one", "parquet document two",
+                  "<|user|>\nparquet chat<|end|>"]:
+        assert piece in text
+    assert read_metadata(tmp_path / "out")["splits"]["train"]["documents"] == 5
+
+
+def test_chitchat_source(tmp_path):
+    result = prepare_dataset(tokenizer(), ["chitchat"], tmp_path / "out", block_size=512, val_fraction=0.1,
+                             num_proc=2)
+    metadata = read_metadata(tmp_path / "out")
+    assert metadata["splits"]["train"]["documents"] + metadata["splits"]["validation"]["documents"] == 7168
+    assert metadata["sources"][0]["path"] == "chitchat" and metadata["sources"][0]["size"] > 10_000_000
+    assert len(result["train"]) == metadata["splits"]["train"]["blocks"]
+
+
+# --- storage ---------------------------------------------------------------------------------------------------------
+
+
+def test_token_dtype_choice():
+    assert token_dtype(300) == token_dtype(65536) == "uint16"
+    assert token_dtype(65537) == "int32"
+
+
+def test_large_vocabulary_is_stored_as_int32(tmp_path):
+    # 70,000 distinct characters (skipping surrogates) -> ids above 65,535
+    alphabet = "".join(chr(c) for c in range(0x4E00, 0x4E00 + 70_000) if not 0xD800 <= c <= 0xDFFF)
+    big = train_char_tokenizer([alphabet])
+    assert len(big) > 65536
+    text = alphabet[-50:] * 3
+    result = prepare_dataset(big, [write_text(tmp_path / "a.txt", [text])], tmp_path / "out", block_size=32,
+                             val_fraction=0)
+    assert result["train"].features["input_ids"].feature.dtype == "int32"
+    assert result["train"][0]["input_ids"].dtype == np.int32
+    assert np.array_equal(stream(result["train"]), big(text).input_ids[: len(result["train"]) * 32])
+
+
+def test_small_vocabulary_is_stored_as_uint16_and_collated_as_int64(tmp_path):
+    result = prepare_dataset(tokenizer(), [write_text(tmp_path / "a.txt", documents())], tmp_path / "out",
+                             block_size=16, val_fraction=0)
+    assert result["train"].data.schema.field("input_ids").type.value_type == pa.uint16()
+    rows = [result["train"][i] for i in range(3)]
+    assert rows[0]["input_ids"].dtype == np.uint16
+    batch = collate_blocks(rows)
+    assert batch["input_ids"].dtype == torch.int64 and batch["input_ids"].shape == (3, 16)
+    assert torch.equal(batch["labels"], batch["input_ids"])
+
+
+# --- reuse, rebuild, atomic writes -----------------------------------------------------------------------------------
+
+
+def test_unchanged_inputs_are_reused(tmp_path, monkeypatch):
+    path = write_text(tmp_path / "a.txt", documents())
+    prepare_dataset(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("rebuilt although nothing changed")
+
+    monkeypatch.setattr(prepare_module.Dataset, "from_generator", must_not_run)
+    assert len(prepare_dataset(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)["train"]) > 0
+
+
+@pytest.mark.parametrize("change", ["input", "tokenizer", "block_size", "clean"])
+def test_changes_rebuild(tmp_path, change):
+    path = write_text(tmp_path / "a.txt", documents())
+    prepare_dataset(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
+    before = read_metadata(tmp_path / "out")
+    kwargs = {"block_size": 16, "val_fraction": 0}
+    used_tokenizer = tokenizer()
+    if change == "input":
+        write_text(tmp_path / "a.txt", documents(60))
+        os.utime(path, (before["sources"][0]["mtime"] + 10,) * 2)
+    elif change == "tokenizer":
+        used_tokenizer = train_char_tokenizer([SAMPLE_TEXT, *documents()])
+    elif change == "block_size":
+        kwargs["block_size"] = 8
+    else:
+        kwargs["clean"] = "lenient"
+    prepare_dataset(used_tokenizer, [path], tmp_path / "out", **kwargs)
+    after = read_metadata(tmp_path / "out")
+    assert after["fingerprint"] != before["fingerprint"]
+    assert after["splits"] != before["splits"] or change == "clean"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "out"]  # no staging or retired folders left
+
+
+def test_interrupted_run_leaves_nothing_and_keeps_the_old_output(tmp_path, monkeypatch):
+    path = write_text(tmp_path / "a.txt", documents())
+
+    def interrupted(token_dataset, block_size):
+        yield {"input_ids": np.zeros(block_size, dtype=np.uint16)}
+        raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of packing
+
+    original = prepare_module.pack_blocks
+    monkeypatch.setattr(prepare_module, "pack_blocks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+    monkeypatch.setattr(prepare_module, "pack_blocks", original)
+    good = prepare_dataset(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
+    n_blocks = len(good["train"])
+    monkeypatch.setattr(prepare_module, "pack_blocks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(tokenizer(), [path], tmp_path / "out", block_size=8, val_fraction=0)
+    assert len(load_prepared(tmp_path / "out")["train"]) == n_blocks  # the previous complete output survives
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "out"]
+
+
+def test_an_unrelated_folder_is_never_overwritten(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="already exists and is not empty"):
+        prepare_dataset(tokenizer(), [write_text(tmp_path / "a.txt", documents())], tmp_path / "out", block_size=16)
+    assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.txt", None, "missing.txt: no such file or folder"),
+        ("empty.txt", b"", "empty.txt: file is empty"),
+        ("bad.txt", b"fine\n\xc3\x28\n", "bad.txt:2: not valid UTF-8"),
+        ("bad.jsonl", b'{"text": "a"}\n{"text": "b"\n', "bad.jsonl:2: invalid JSON"),
+        ("role.jsonl", b'{"messages": [{"role": "narrator", "content": "x"}]}\n', "role.jsonl:1: unknown role"),
+        ("small.txt", b"just a few words\n", r"the train split has \d+ tokens, fewer than one block of block_size 64"),
+    ],
+)
+def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, name, content, message):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        prepare_dataset(tokenizer(), [str(tmp_path / name)], tmp_path / "out", block_size=64, val_fraction=0)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_too_few_documents_for_a_validation_split(tmp_path):
+    with pytest.raises(ValueError, match="1 documents cannot be split with a validation fraction of 0.1"):
+        prepare_dataset(tokenizer(), [write_text(tmp_path / "a.txt", ["one document"])], tmp_path / "out",
+                        block_size=2, val_fraction=0.1)
+
+
+def test_load_prepared_refuses_other_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"not a prepared dataset \\(no readable {METADATA_FILE}\\)"):
+        load_prepared(tmp_path)
