@@ -1,4 +1,5 @@
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -149,3 +150,37 @@ def test_convert_legacy_checks_tokenizer_against_config(tmp_path, capsys):
     assert main(["convert", "legacy", str(src), str(tmp_path / "hub")]) == 1
     assert "tokenizer.json has 65 tokens but config.json says vocab_size 50" in capsys.readouterr().err
     assert not (tmp_path / "hub").exists()
+
+
+# --- prepare -----------------------------------------------------------------------------------------------------------
+
+
+def test_prepare_prints_a_summary_and_reuses(tmp_path, capsys, caplog):
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    (tmp_path / "a.txt").write_text("\n\n".join(f"document {i}: {SAMPLE_TEXT[:200]}" for i in range(30)))
+    args = ["prepare", "--tokenizer", str(tmp_path / "tok"), "--input", str(tmp_path / "a.txt"), "--block-size",
+            "32", "--output", str(tmp_path / "data"), "--clean", "balanced", "--num-proc", "2"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "token ids as uint16, block size 32, vocabulary 300" in printed
+    assert re.search(r"train\s+27\s+[\d,]+\s+[\d,]+\s+\d+", printed) and re.search(r"validation\s+3\s", printed)
+    assert "cleaning (balanced): 30 documents in, 30 out" in printed
+    with caplog.at_level(logging.INFO, logger="scratchgpt"):
+        assert main(args) == 0
+    assert "is up to date; reusing it" in caplog.text
+
+
+def test_prepare_errors_are_one_line(tmp_path, capsys):
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\nnot json\n')
+    cases = [
+        (["--tokenizer", str(tmp_path / "nope")], "nope: no such tokenizer folder"),
+        (["--tokenizer", str(tmp_path / "tok"), "--input", str(tmp_path / "bad.jsonl")], "bad.jsonl:2: invalid JSON"),
+    ]
+    for args, message in cases:
+        full = ["prepare", "--input", str(tmp_path / "bad.jsonl"), "--block-size", "8", "--output",
+                str(tmp_path / "data"), *args]
+        assert main(full) == 1
+        err = capsys.readouterr().err
+        assert message in err and len([line for line in err.splitlines() if "error" in line]) == 1, err
+    assert not (tmp_path / "data").exists()
