@@ -1,0 +1,217 @@
+"""Data pipeline benchmarks.
+
+1. Throughput, raw text -> tokens on disk, ours against the original project's approach on the same input file and
+   tokenizer, side by side in one run (alternating, medians):
+   - ours: ``prepare_dataset`` end to end (documents, train/validation split, batched tokenization with
+     ``--num-proc`` workers, exact packing into blocks of 512, Arrow on disk);
+   - original: one process reads 100 MB chunks, ``Tokenizer.encode(chunk)``, appends int32 ids with numpy.
+   Peak memory is the PSS summed over the whole process tree (workers included), sampled every 0.1 s.
+2. Memory under training-style random block access (batches of 8 random blocks, collated to int64) over a token
+   dataset of 100 MB and one 10x larger: RSS split into anonymous memory (what the process allocates) and
+   file-backed pages (the memory-mapped Arrow file, reclaimable page cache).
+
+    python bench/data.py [--text-mb 200] [--repeats 3] [--num-proc 2] [--access-mb 100 1000] [--json FILE]
+
+The corpus is the chitchat conversations as plain text, repeated to the requested size; the tokenizer is a
+byte-level BPE of 32,000 ids trained on chitchat. Everything is written under a temporary folder.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+ORIGINAL = r"""
+import sys, numpy as np
+from tokenizers import Tokenizer
+tokenizer = Tokenizer.from_file(sys.argv[1])
+chunk_bytes = 100 * 2**20
+with open(sys.argv[2], encoding="utf-8") as source, open(sys.argv[3], "wb") as sink:
+    while chunk := source.read(chunk_bytes):
+        np.array(tokenizer.encode(chunk).ids, dtype=np.int32).tofile(sink)
+"""
+
+OURS = r"""
+import sys
+from transformers import AutoTokenizer
+from scratchgpt.data import prepare_dataset
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+prepare_dataset(tokenizer, [sys.argv[2]], sys.argv[3], block_size=512, val_fraction=0.1,
+                num_proc=int(sys.argv[4]), rebuild=True)
+"""
+
+ACCESS = r"""
+import json, sys, time
+import numpy as np
+from scratchgpt.data import collate_blocks, load_prepared
+
+def rss():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return {k: int(fields[k].split()[0]) / 1024 for k in ("RssAnon", "RssFile")}
+
+dataset = load_prepared(sys.argv[1])["train"]
+steps, batch = int(sys.argv[2]), 8
+rng = np.random.default_rng(0)
+collate_blocks([dataset[0]])
+before = rss()
+start = time.perf_counter()
+for _ in range(steps):
+    collate_blocks([dataset[int(i)] for i in rng.integers(0, len(dataset), batch)])
+seconds = time.perf_counter() - start
+after = rss()
+print(json.dumps({"blocks": len(dataset), "before": before, "after": after, "batches_per_s": steps / seconds}))
+"""
+
+
+def tree_pss_mb(pid: int) -> float:
+    """Proportional resident memory (PSS: pages shared between processes counted once, split among them) of a
+    process and all its descendants, in MB. Summing plain RSS would count forked workers' shared pages twice."""
+    total, stack = 0.0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            with open(f"/proc/{current}/smaps_rollup") as rollup:
+                total += next(int(line.split()[1]) for line in rollup if line.startswith("Pss:")) / 1024
+            with open(f"/proc/{current}/task/{current}/children") as children:
+                stack.extend(int(child) for child in children.read().split())
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+def timed(command: list[str]) -> dict:
+    """Run a command; wall time and peak process-tree PSS."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_pss_mb(process.pid))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    _, stderr = process.communicate()
+    done.set()
+    sampler.join()
+    if process.returncode:
+        raise RuntimeError(stderr[-2000:])
+    return {"seconds": time.perf_counter() - start, "peak_pss_mb": peak}
+
+
+def make_corpus(path: Path, megabytes: int) -> int:
+    from scratchgpt.data.sources import chitchat_conversations
+
+    documents = ["\n".join(m["content"] for m in conversation) for conversation in chitchat_conversations()]
+    block = "\n\n".join(documents) + "\n\n"
+    target = megabytes * 10**6
+    with open(path, "w", encoding="utf-8") as handle:
+        written = 0
+        while written < target:
+            handle.write(block)
+            written += len(block.encode("utf-8"))
+    return written
+
+
+def make_tokenizer(folder: Path) -> None:
+    from scratchgpt.data.sources import iter_documents, iter_texts
+    from scratchgpt.tokenization import train_bpe_tokenizer
+
+    train_bpe_tokenizer(iter_texts(iter_documents(["chitchat"])), vocab_size=32000,
+                        show_progress=False).save_pretrained(folder)
+
+
+def make_token_dataset(folder: Path, megabytes: int) -> None:
+    """A prepared-format dataset of random uint16 blocks of 512 ids, ``megabytes`` of token storage."""
+    import numpy as np
+    from datasets import Dataset, DatasetDict, Features, List, Value
+
+    n_blocks = megabytes * 10**6 // (512 * 2)
+
+    def blocks():
+        rng = np.random.default_rng(0)
+        for _ in range(n_blocks):
+            yield {"input_ids": rng.integers(0, 32000, 512, dtype=np.uint16)}
+
+    features = Features({"input_ids": List(Value("uint16"), length=512)})
+    dataset = Dataset.from_generator(blocks, features=features, cache_dir=str(folder / "cache"))
+    DatasetDict({"train": dataset}).save_to_disk(str(folder / "data"))
+    (folder / "data" / "scratchgpt_data.json").write_text(json.dumps({"dtype": "uint16"}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--text-mb", type=int, default=200, help="size of the text corpus for the throughput run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--num-proc", type=int, default=2)
+    parser.add_argument("--no-original", action="store_true",
+                        help="measure ours only (the original approach needs ~7 GB and ~20 min per GB of text)")
+    parser.add_argument("--access-mb", type=int, nargs="*", default=[100, 1000],
+                        help="token dataset sizes for the random-access memory run")
+    parser.add_argument("--access-steps", type=int, default=20000)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    results = {}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        tmp = Path(tmp)
+        make_tokenizer(tmp / "tokenizer")
+        if args.text_mb:
+            text_bytes = make_corpus(tmp / "corpus.txt", args.text_mb)
+            runs = {"ours": [], "original": []}
+            for _ in range(args.repeats):
+                runs["ours"].append(timed([sys.executable, "-c", OURS, str(tmp / "tokenizer"), str(tmp / "corpus.txt"),
+                                           str(tmp / "ours"), str(args.num_proc)]))
+                if not args.no_original:
+                    runs["original"].append(timed([sys.executable, "-c", ORIGINAL,
+                                                   str(tmp / "tokenizer" / "tokenizer.json"), str(tmp / "corpus.txt"),
+                                                   str(tmp / "original.bin")]))
+            summary = {kind: {"seconds": statistics.median(r["seconds"] for r in measured),
+                              "mb_per_s": text_bytes / 1e6 / statistics.median(r["seconds"] for r in measured),
+                              "peak_pss_mb": max(r["peak_pss_mb"] for r in measured)}
+                       for kind, measured in runs.items() if measured}
+            summary["text_mb"] = text_bytes / 1e6
+            line = (f"text -> tokens, {text_bytes / 1e6:.0f} MB: ours {summary['ours']['mb_per_s']:.2f} MB/s "
+                    f"(peak {summary['ours']['peak_pss_mb']:.0f} MB)")
+            if "original" in summary:
+                summary["throughput_ratio_ours_over_original"] = (summary["ours"]["mb_per_s"]
+                                                                  / summary["original"]["mb_per_s"])
+                line += (f", original {summary['original']['mb_per_s']:.2f} MB/s (peak "
+                         f"{summary['original']['peak_pss_mb']:.0f} MB), ratio "
+                         f"{summary['throughput_ratio_ours_over_original']:.2f}")
+            results["throughput"] = summary
+            print(line)
+            (tmp / "corpus.txt").unlink()
+
+        access = {}
+        for megabytes in args.access_mb:
+            make_token_dataset(tmp / f"tokens{megabytes}", megabytes)
+            output = subprocess.run([sys.executable, "-c", ACCESS, str(tmp / f"tokens{megabytes}" / "data"),
+                                     str(args.access_steps)], check=True, capture_output=True, text=True).stdout
+            access[megabytes] = json.loads(output.strip().splitlines()[-1])
+            a = access[megabytes]
+            print(f"random access, {megabytes} MB of tokens ({a['blocks']:,} blocks): RssAnon "
+                  f"{a['before']['RssAnon']:.0f} -> {a['after']['RssAnon']:.0f} MB, RssFile "
+                  f"{a['before']['RssFile']:.0f} -> {a['after']['RssFile']:.0f} MB, {a['batches_per_s']:.0f} batches/s")
+        if len(access) >= 2:
+            small, large = access[min(access)], access[max(access)]
+            ratio = large["after"]["RssAnon"] / small["after"]["RssAnon"]
+            print(f"anonymous RSS, {max(access)} MB vs {min(access)} MB dataset: {100 * (ratio - 1):+.1f}%")
+        results["random_access"] = access
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
