@@ -1,0 +1,33 @@
+"""Perplexity from per-token negative log-likelihoods: exp(mean NLL), weighting every token equally."""
+
+import datasets
+import evaluate
+import numpy as np
+
+
+_DESCRIPTION = "Perplexity of a language model from the negative log-likelihood (nats) of each predicted token."
+_KWARGS_DESCRIPTION = """
+Args:
+    nll: per-token negative log-likelihoods in nats (padding / ignored positions left out).
+Returns:
+    perplexity: exp(mean nll); mean_nll: the mean itself; tokens: how many tokens were scored.
+Example:
+    >>> metric = evaluate.load("scratchgpt/metrics/perplexity/perplexity.py")
+    >>> metric.compute(nll=[0.0, 0.0])["perplexity"]
+    1.0
+"""
+
+
+class Perplexity(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"nll": datasets.Value("float64")}),
+        )
+
+    def _compute(self, nll):
+        values = np.asarray(nll, dtype=np.float64)
+        mean = float(values.mean()) if values.size else float("nan")
+        return {"perplexity": float(np.exp(mean)), "mean_nll": mean, "tokens": int(values.size)}

@@ -1,0 +1,143 @@
+"""Run configuration: argument dataclasses per concern, parsed by ``HfArgumentParser`` from a YAML file plus
+command-line overrides (the command line wins; a key missing from both takes its default).
+
+    python train.py configs/tiny.yaml --learning_rate 1e-3 --max_steps 200
+"""
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from ..modeling import PRESETS
+
+
+__all__ = ["ModelArguments", "DataArguments", "RunArguments", "parse_args", "parse_duration"]
+
+
+@dataclass
+class ModelArguments:
+    """What model to build."""
+
+    preset: str = field(default="tiny", metadata={"help": f"size preset: {', '.join(PRESETS)}"})
+    n_layer: int | None = field(default=None, metadata={"help": "transformer blocks (overrides the preset)"})
+    n_embd: int | None = field(default=None, metadata={"help": "hidden size (overrides the preset)"})
+    n_head: int | None = field(default=None, metadata={"help": "attention heads (overrides the preset)"})
+    n_inner: int | None = field(default=None, metadata={"help": "MLP width (overrides the preset)"})
+    n_positions: int | None = field(default=None, metadata={"help": "context length (overrides the preset)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on embeddings, attention and residuals"})
+    activation_function: str = field(default="gelu", metadata={"help": "'gelu' (exact) or 'gelu_new' (tanh)"})
+    tie_word_embeddings: bool = field(default=False, metadata={"help": "share the LM head with the embedding"})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "'sdpa', 'eager' or 'flash_attention_2'"})
+
+
+@dataclass
+class DataArguments:
+    """Where the text comes from and how it becomes training blocks."""
+
+    inputs: list[str] = field(default_factory=lambda: ["chitchat"],
+                              metadata={"help": ".txt/.jsonl/.parquet files, folders, globs, or 'chitchat'"})
+    tokenizer_path: str | None = field(default=None, metadata={
+        "help": "tokenizer folder; trained there from the inputs if missing (default: <output_dir>/tokenizer)"})
+    tokenizer_type: str = field(default="bpe", metadata={"help": "kind to train if missing: 'bpe' or 'char'"})
+    vocab_size: int = field(default=8192, metadata={"help": "vocabulary size to train if missing (bpe: exact)"})
+    prepared_data: str | None = field(default=None, metadata={
+        "help": "prepared dataset folder; built there if missing or stale (default: <output_dir>/data)"})
+    block_size: int | None = field(default=None, metadata={"help": "tokens per block (default: model context)"})
+    val_fraction: float = field(default=0.1, metadata={"help": "fraction of documents held out for validation"})
+    clean: str = field(default="off", metadata={"help": "cleaning mode: off, lenient, balanced, strict"})
+    num_proc: int | None = field(default=None, metadata={"help": "worker processes for tokenizing"})
+    text_documents: str = field(default="paragraph", metadata={"help": ".txt documents: 'paragraph' or 'file'"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "evaluate on at most this many blocks"})
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["Hi! How are you doing today?", "What do you like to do on weekends?",
+                                 "Tell me about your favourite food."],
+        metadata={"help": "prompts for the sample generations logged at each evaluation (chat prompts when the "
+                          "tokenizer has a chat template)"})
+    sample_max_new_tokens: int = field(default=40, metadata={"help": "length of each sample generation"})
+
+
+@dataclass
+class RunArguments:
+    """Surviving disconnects."""
+
+    fresh: bool = field(default=False, metadata={
+        "help": "start from scratch: delete this output_dir's checkpoints instead of resuming from the latest"})
+    time_budget: str | None = field(default=None, metadata={
+        "help": "save and stop after this much wall time, e.g. '11h30m' (hosted notebooks' session limits)"})
+    mirror_dir: str | None = field(default=None, metadata={
+        "help": "also copy every checkpoint here (e.g. a mounted Drive); written under a temporary name, renamed "
+                "when complete"})
+
+
+def parse_duration(text: str) -> float:
+    """'11h30m', '45m', '90s', '2h' or plain seconds -> seconds."""
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or match is None or not any(match.groups()):
+        raise ValueError(f"time_budget {text!r} is not a duration like '11h30m', '45m' or '3600'")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def _yaml_to_argv(config: dict) -> list[str]:
+    """Turn YAML values into command-line tokens so argparse type-checks them exactly like typed flags."""
+    argv = []
+    for key, value in config.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv += [f"--{key}", str(value).lower()]
+        elif isinstance(value, list):
+            argv += [f"--{key}", *(str(item) for item in value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+class _Parser(HfArgumentParser):
+    def error(self, message):  # argparse would print usage and exit 2; we want one line from the caller
+        raise ValueError(message)
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, RunArguments, TrainingArguments]:
+    """``[CONFIG.yaml] [--key value ...]`` -> the four argument dataclasses. Raises ``ValueError`` (one line) for an
+    unknown key (naming the closest valid one), a value of the wrong type, or an unreadable config file."""
+    parser = _Parser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
+    known = sorted(action.dest for action in parser._actions if action.dest != "help")
+    options = {option for action in parser._actions for option in action.option_strings}
+    yaml_argv = []
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        path = Path(argv[0])
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such config file")
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{path}: expected a mapping of keys to values")
+        actions = {action.dest: action for action in parser._actions}
+        for key, value in config.items():
+            if key not in known:
+                raise ValueError(f"{path}: unknown key {key!r}{_suggest(str(key), known)}")
+            if isinstance(value, list) and actions[key].nargs not in ("+", "*"):
+                raise ValueError(f"{path}: {key} takes one value, got a list")
+        yaml_argv = _yaml_to_argv(config)
+        argv = argv[1:]
+    for token in argv:
+        option = token.split("=")[0]
+        if option.startswith("--") and option not in options:
+            raise ValueError(f"unknown option {option}{_suggest(option[2:], known)}")
+    # later occurrences win in argparse: YAML first, then the command line
+    return parser.parse_args_into_dataclasses(args=yaml_argv + list(argv))

@@ -1,0 +1,114 @@
+"""Trainer callbacks for what the stock Trainer does not do: stop cleanly on a signal or a time budget, mirror
+checkpoints, and log sample generations at each evaluation."""
+
+import logging
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback
+
+from .checkpoints import list_checkpoints, mirror_checkpoint
+
+
+__all__ = ["GracefulStopCallback", "MirrorCallback", "SampleGenerationCallback"]
+
+logger = logging.getLogger(__name__)
+
+
+class GracefulStopCallback(TrainerCallback):
+    """On SIGTERM/SIGINT, or once ``time_budget`` seconds have passed, finish the current step, save a checkpoint
+    and stop. With several processes the decision is shared (all-reduce), so every rank stops at the same step."""
+
+    def __init__(self, time_budget: float | None = None):
+        self.time_budget = time_budget
+        self.reason: str | None = None
+        self._started = time.monotonic()
+        self._previous_handlers = {}
+
+    def _request_stop(self, signum, frame):
+        self.reason = signal.Signals(signum).name
+        logger.warning("%s received: finishing this step, saving a checkpoint, then stopping", self.reason)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = time.monotonic()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous_handlers[signum] = signal.signal(signum, self._request_stop)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.reason is None and self.time_budget is not None and time.monotonic() - self._started > self.time_budget:
+            self.reason = "time budget"
+            logger.warning("time budget of %.0f s reached: saving a checkpoint and stopping", self.time_budget)
+        stop = self.reason is not None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            flag = torch.tensor([float(stop)], device=args.device if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+            self.reason = self.reason or ("stop requested by another process" if stop else None)
+        if stop:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class MirrorCallback(TrainerCallback):
+    """Copy every saved checkpoint to a second folder (e.g. a mounted Drive), keeping the same set as the run."""
+
+    def __init__(self, mirror_dir: str | Path):
+        self.mirror_dir = Path(mirror_dir)
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        local = list_checkpoints(args.output_dir)
+        newest = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if newest.is_dir():
+            mirror_checkpoint(newest, self.mirror_dir, keep={p.name for p in local})
+            logger.info("mirrored %s to %s", newest.name, self.mirror_dir)
+
+
+class SampleGenerationCallback(TrainerCallback):
+    """After each evaluation, generate from fixed prompts and write the replies to the log (main process only)."""
+
+    def __init__(self, tokenizer, prompts: list[str], max_new_tokens: int = 40):
+        self.tokenizer, self.prompts, self.max_new_tokens = tokenizer, prompts, max_new_tokens
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero or model is None or not self.prompts:
+            return
+        for prompt, reply in zip(self.prompts, generate_samples(model, self.tokenizer, self.prompts,
+                                                                 self.max_new_tokens)):
+            logger.info("sample at step %d | %s -> %s", state.global_step, prompt, reply)
+
+
+@torch.no_grad()
+def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int = 40, seed: int = 0) -> list[str]:
+    """Replies to ``prompts`` (as chat turns when the tokenizer has a chat template), sampled with a fixed seed."""
+    was_training = model.training
+    model.eval()
+    replies = []
+    devices = [model.device] if model.device.type == "cuda" else []
+    context = model.config.n_positions
+    max_new_tokens = min(max_new_tokens, context // 2)  # leave at least half the context to the prompt
+    # fork: the same samples for the same weights, and training's random stream is left exactly as it was
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for prompt in prompts:
+            if tokenizer.chat_template:
+                ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                    return_tensors="pt", return_dict=True)["input_ids"]
+            else:
+                ids = tokenizer(prompt, return_tensors="pt").input_ids
+            ids = ids[:, -(context - max_new_tokens):].to(model.device)  # a long prompt keeps its end
+            output = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=True, top_k=50, temperature=0.8,
+                                    pad_token_id=tokenizer.pad_token_id)
+            replies.append(tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    model.train(was_training)
+    return replies

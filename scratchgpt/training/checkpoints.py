@@ -1,0 +1,87 @@
+"""Finding a checkpoint to resume from, when a crash may have left the newest one half-written.
+
+The Trainer writes ``checkpoint-N/`` in place (model, optimizer, scheduler, RNG states, and ``trainer_state.json``
+last), and ``transformers.trainer_utils.get_last_checkpoint`` returns the highest-numbered folder whether it is
+complete or not. ``latest_complete_checkpoint`` checks each file instead and skips, with a warning, any folder that
+a killed process left incomplete.
+"""
+
+import json
+import logging
+import re
+import shutil
+import zipfile
+from pathlib import Path
+
+from safetensors import safe_open
+
+
+__all__ = ["checkpoint_problem", "latest_complete_checkpoint", "list_checkpoints", "mirror_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """``checkpoint-N`` folders, oldest (lowest N) first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT.fullmatch(p.name))]
+    return [path for _, path in sorted(found)]
+
+
+def checkpoint_problem(checkpoint: Path, world_size: int = 1) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from, or None if every file a resume needs is present and whole."""
+    state_file = checkpoint / "trainer_state.json"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "trainer_state.json is missing or truncated"
+    if f"checkpoint-{state.get('global_step')}" != checkpoint.name:
+        return f"trainer_state.json is for step {state.get('global_step')}"
+    weights = checkpoint / "model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            handle.keys()
+    except Exception:  # safetensors raises its own error types for truncated headers
+        return "model.safetensors is missing or truncated"
+    for name in ("optimizer.pt", "scheduler.pt"):
+        # torch.save writes a zip archive whose directory sits at the end: a truncated file is not a valid zip
+        if not zipfile.is_zipfile(checkpoint / name):
+            return f"{name} is missing or truncated"
+    rng_files = ["rng_state.pth"] if world_size == 1 else [f"rng_state_{rank}.pth" for rank in range(world_size)]
+    missing = [name for name in rng_files if not zipfile.is_zipfile(checkpoint / name)]
+    if missing:
+        return f"{', '.join(missing)} missing or truncated"
+    return None
+
+
+def latest_complete_checkpoint(folder: str | Path, world_size: int = 1) -> Path | None:
+    """The highest-numbered complete checkpoint in ``folder``; incomplete newer ones are skipped with a warning."""
+    for checkpoint in reversed(list_checkpoints(folder)):
+        problem = checkpoint_problem(checkpoint, world_size)
+        if problem is None:
+            return checkpoint
+        logger.warning("skipping %s: %s (left by an interrupted save)", checkpoint, problem)
+    return None
+
+
+def mirror_checkpoint(checkpoint: Path, mirror: str | Path, keep: set[str] | None = None) -> Path:
+    """Copy ``checkpoint`` into ``mirror`` under a temporary name, then rename it: the mirror never holds a partial
+    checkpoint. With ``keep``, mirrored checkpoints whose names are not in it are removed afterwards."""
+    mirror = Path(mirror)
+    mirror.mkdir(parents=True, exist_ok=True)
+    partial = mirror / f".{checkpoint.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(checkpoint, partial)
+    target = mirror / checkpoint.name
+    if target.exists():
+        shutil.rmtree(target)
+    partial.rename(target)
+    if keep is not None:
+        for old in list_checkpoints(mirror):
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+    return target

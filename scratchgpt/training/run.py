@@ -1,0 +1,173 @@
+"""What ``train.py`` runs: config -> tokenizer (trained if missing) -> prepared data (built if missing or stale) ->
+model -> ``transformers.Trainer`` with automatic resume -> a Hub-format folder with curves and metrics.
+
+Works the same under ``python train.py``, ``accelerate launch train.py`` and ``torchrun``: the Trainer reads the
+distributed environment, and the tokenizer and data are built once, on the main process first.
+"""
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import evaluate
+import torch
+from transformers import AutoTokenizer, Trainer, set_seed
+
+from ..data.prepare import collate_blocks, prepare_dataset
+from ..data.sources import iter_documents, iter_texts
+from ..metrics import metric_path
+from ..modeling import ScratchGPTConfig, ScratchGPTForCausalLM
+from ..tokenization import generation_eos_token_ids, train_bpe_tokenizer, train_char_tokenizer
+from .arguments import DataArguments, ModelArguments, RunArguments, parse_args, parse_duration
+from .callbacks import GracefulStopCallback, MirrorCallback, SampleGenerationCallback, generate_samples
+from .checkpoints import latest_complete_checkpoint, list_checkpoints
+from .report import write_report
+
+
+__all__ = ["main", "build_config", "load_or_train_tokenizer", "compute_metrics", "preprocess_logits_for_metrics"]
+
+logger = logging.getLogger(__name__)
+
+# fields that must agree between a run's config and the checkpoints already in its output_dir
+_ARCHITECTURE = ("vocab_size", "n_layer", "n_embd", "n_head", "n_inner", "n_positions", "tie_word_embeddings",
+                 "activation_function")
+
+
+def build_config(model_args: ModelArguments, tokenizer) -> ScratchGPTConfig:
+    """The model config: the preset, overridden by any explicit size, with the tokenizer's vocabulary and ids."""
+    sizes = {name: getattr(model_args, name) for name in ("n_layer", "n_embd", "n_head", "n_inner", "n_positions")
+             if getattr(model_args, name) is not None}
+    return ScratchGPTConfig.from_preset(
+        model_args.preset,
+        **sizes,
+        vocab_size=len(tokenizer),
+        resid_pdrop=model_args.dropout,
+        embd_pdrop=model_args.dropout,
+        attn_pdrop=model_args.dropout,
+        activation_function=model_args.activation_function,
+        tie_word_embeddings=model_args.tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def load_or_train_tokenizer(data_args: DataArguments, path: Path):
+    """Load the tokenizer at ``path``, training it from the run's inputs first if it is not there."""
+    if (path / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(path)
+    logger.info("no tokenizer at %s: training a %s tokenizer from the inputs", path, data_args.tokenizer_type)
+    texts = iter_texts(iter_documents(data_args.inputs, data_args.text_documents))
+    if data_args.tokenizer_type == "bpe":
+        tokenizer = train_bpe_tokenizer(texts, vocab_size=data_args.vocab_size)
+    elif data_args.tokenizer_type == "char":
+        tokenizer = train_char_tokenizer(texts, vocab_size=data_args.vocab_size)
+    else:
+        raise ValueError(f"tokenizer_type must be 'bpe' or 'char', got {data_args.tokenizer_type!r}")
+    tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+def preprocess_logits_for_metrics(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep only what the metrics need instead of full (B, T, V) logits: argmax ids and per-token NLL, (B, T-1)."""
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    return logits.argmax(-1), nll
+
+
+def compute_metrics(eval_prediction) -> dict[str, float]:
+    """Validation perplexity and next-token accuracy through the shipped ``evaluate`` metric modules."""
+    (predictions, nll), labels = eval_prediction.predictions, eval_prediction.label_ids
+    mask = labels[:, 1:] != -100
+    perplexity = evaluate.load(metric_path("perplexity")).compute(nll=nll[mask])
+    accuracy = evaluate.load(metric_path("next_token_accuracy")).compute(predictions=predictions[mask],
+                                                                         references=labels[:, 1:][mask])
+    return {"perplexity": perplexity["perplexity"], "accuracy": accuracy["accuracy"]}
+
+
+def _check_existing_run(output_dir: Path, config: ScratchGPTConfig) -> None:
+    """Refuse to resume checkpoints of a different model (another run's folder, or a changed tokenizer)."""
+    checkpoints = list_checkpoints(output_dir)
+    if not checkpoints:
+        return
+    saved = json.loads((checkpoints[-1] / "config.json").read_text(encoding="utf-8")) \
+        if (checkpoints[-1] / "config.json").is_file() else {}
+    different = [f"{name} {saved.get(name)!r} there, {getattr(config, name)!r} here" for name in _ARCHITECTURE
+                 if name in saved and saved[name] != getattr(config, name)]
+    if different:
+        raise ValueError(f"{output_dir} holds checkpoints of a different model ({'; '.join(different)}): use another "
+                         f"output_dir, or --fresh true to delete them")
+
+
+def main(argv: list[str]) -> dict:
+    """Run training as configured by ``argv`` (``[CONFIG.yaml] [--key value ...]``); returns the final metrics."""
+    model_args, data_args, run_args, training_args = parse_args(argv)
+    time_budget = parse_duration(run_args.time_budget) if run_args.time_budget else None
+    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+    tokenizer_path = Path(data_args.tokenizer_path or output_dir / "tokenizer")
+    data_path = Path(data_args.prepared_data or output_dir / "data")
+
+    with training_args.main_process_first(desc="tokenizer and prepared data"):
+        tokenizer = load_or_train_tokenizer(data_args, tokenizer_path)
+        config = build_config(model_args, tokenizer)
+        block_size = data_args.block_size or config.n_positions
+        if block_size > config.n_positions:
+            raise ValueError(f"block_size {block_size} is larger than the model context n_positions "
+                             f"{config.n_positions}")
+        dataset = prepare_dataset(tokenizer, data_args.inputs, data_path, block_size=block_size,
+                                  val_fraction=data_args.val_fraction, clean=data_args.clean,
+                                  num_proc=data_args.num_proc, seed=training_args.seed,
+                                  text_documents=data_args.text_documents)
+
+    if run_args.fresh and training_args.process_index == 0:
+        for checkpoint in list_checkpoints(output_dir):
+            logger.warning("--fresh: deleting %s", checkpoint)
+            shutil.rmtree(checkpoint)
+    _check_existing_run(output_dir, config)
+    resume_from = latest_complete_checkpoint(output_dir, training_args.world_size)
+    if resume_from is not None:
+        logger.info("resuming from %s", resume_from)
+
+    model = ScratchGPTForCausalLM(config)
+    model.set_attn_implementation(model_args.attn_implementation)
+    model.generation_config.eos_token_id = generation_eos_token_ids(tokenizer) or None
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    logger.info("model: %s parameters, %s", f"{model.num_parameters():,}", config.to_diff_dict())
+
+    eval_dataset = dataset.get("validation")
+    if eval_dataset is not None and data_args.max_eval_samples:
+        eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
+    stopper = GracefulStopCallback(time_budget)
+    callbacks = [stopper, SampleGenerationCallback(tokenizer, data_args.sample_prompts, data_args.sample_max_new_tokens)]
+    if run_args.mirror_dir:
+        callbacks.append(MirrorCallback(run_args.mirror_dir))
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        data_collator=collate_blocks,
+        train_dataset=dataset["train"],
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics if eval_dataset is not None else None,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics if eval_dataset is not None else None,
+        callbacks=callbacks,
+    )
+    train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if stopper.reason is not None:
+        logger.warning("stopped at step %d (%s); run the same command again to resume", trainer.state.global_step,
+                       stopper.reason)
+        return {"stopped": stopper.reason, "global_step": trainer.state.global_step}
+
+    metrics = {**train_result.metrics, "global_step": trainer.state.global_step}
+    if eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+        metrics["eval_perplexity_from_loss"] = math.exp(metrics["eval_loss"])
+    trainer.save_model(str(output_dir))  # weights, config with auto_map, model code, generation config, tokenizer
+    if trainer.is_world_process_zero():
+        replies = generate_samples(trainer.model, tokenizer, data_args.sample_prompts, data_args.sample_max_new_tokens)
+        metrics["samples"] = [{"prompt": p, "reply": r} for p, r in zip(data_args.sample_prompts, replies)]
+        write_report(output_dir, trainer.state.log_history, metrics)
+    return metrics

@@ -1,0 +1,256 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+from scratchgpt import ScratchGPTForCausalLM
+from scratchgpt.training.arguments import parse_args, parse_duration
+from scratchgpt.training.checkpoints import checkpoint_problem, latest_complete_checkpoint, mirror_checkpoint
+from scratchgpt.training.run import main as train
+
+from .testing_utils import SAMPLE_TEXT, tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def corpus(folder: Path) -> str:
+    docs = [f"Document number {i}. {SAMPLE_TEXT[: 120 + 7 * i]}" for i in range(60)]
+    path = folder / "corpus.txt"
+    path.write_text("\n\n".join(docs) + "\n")
+    return str(path)
+
+
+def tiny_run_args(tmp_path: Path, **overrides) -> list[str]:
+    """A run that trains in seconds: 1 layer, 32 dim, context 32, char tokenizer."""
+    settings = {
+        "inputs": corpus(tmp_path), "tokenizer_type": "char", "vocab_size": 100, "preset": "tiny", "n_layer": 1,
+        "n_embd": 32, "n_head": 2, "n_inner": 64, "n_positions": 32, "output_dir": str(tmp_path / "run"),
+        "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "learning_rate": 3e-3, "max_steps": 8,
+        "warmup_steps": 2, "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": '{"min_lr_rate": 0.1}',
+        "logging_steps": 2, "eval_strategy": "steps", "eval_steps": 4, "save_strategy": "steps", "save_steps": 4,
+        "max_eval_samples": 16, "report_to": "none", "use_cpu": "true", "seed": 7, "dataloader_num_workers": 0,
+        "sample_max_new_tokens": 5, "disable_tqdm": "true",
+    }
+    settings.update(overrides)
+    return [token for key, value in settings.items() for token in (f"--{key}", str(value))]
+
+
+# --- arguments -------------------------------------------------------------------------------------------------------
+
+
+def test_yaml_then_command_line_overrides(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("preset: small\nlearning_rate: 1.0e-3\ninputs: [a.txt, b.txt]\nbf16: false\n"
+                      "lr_scheduler_kwargs: {min_lr_rate: 0.1}\noutput_dir: out\n")
+    model_args, data_args, run_args, training_args = parse_args([str(config), "--learning_rate", "5e-4"])
+    assert model_args.preset == "small" and data_args.inputs == ["a.txt", "b.txt"]
+    assert training_args.learning_rate == 5e-4  # the command line wins
+    assert training_args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+    assert data_args.val_fraction == 0.1 and run_args.time_budget is None  # missing keys take defaults
+
+
+@pytest.mark.parametrize(
+    "yaml_text, extra, message",
+    [
+        ("lerning_rate: 0.1\n", [], "unknown key 'lerning_rate'; did you mean 'learning_rate'?"),
+        ("", ["--presett", "tiny"], "unknown option --presett; did you mean 'preset'?"),
+        ("learning_rate: fast\n", [], "argument --learning_rate/--learning-rate: invalid float value: 'fast'"),
+        ("max_steps: [1, 2]\n", [], "max_steps takes one value, got a list"),
+        ("- a\n- b\n", [], "expected a mapping of keys to values"),
+    ],
+)
+def test_bad_configs_name_the_key(tmp_path, yaml_text, extra, message):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml_text + "output_dir: out\n" if not yaml_text.startswith("-") else yaml_text)
+    with pytest.raises(ValueError, match=message.replace("?", r"\?").replace("[", r"\[")):
+        parse_args([str(config), *extra])
+
+
+def test_parse_duration():
+    assert parse_duration("11h30m") == 41400 and parse_duration("45m") == 2700 and parse_duration("90") == 90
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("soon")
+
+
+def test_weight_decay_applies_to_matrices_only():
+    model = ScratchGPTForCausalLM(tiny_config())
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir="unused", use_cpu=True, report_to="none"))
+    decayed = set(trainer.get_decay_parameter_names(model))
+    assert decayed == {name for name, p in model.named_parameters() if p.dim() >= 2}
+    assert "model.wpe.weight" in decayed and "model.layers.0.ln_1.weight" not in decayed
+
+
+# --- checkpoints -------------------------------------------------------------------------------------------------------
+
+
+def test_half_written_checkpoints_are_skipped_and_mirrors_are_atomic(tmp_path):
+    metrics = train(tiny_run_args(tmp_path))
+    run = tmp_path / "run"
+    assert metrics["global_step"] == 8
+    assert checkpoint_problem(run / "checkpoint-8") is None
+    assert latest_complete_checkpoint(run) == run / "checkpoint-8"
+    # a crash while writing: truncated optimizer state in the newest checkpoint
+    optimizer = run / "checkpoint-8" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    assert checkpoint_problem(run / "checkpoint-8") == "optimizer.pt is missing or truncated"
+    assert latest_complete_checkpoint(run) == run / "checkpoint-4"
+    (run / "checkpoint-4" / "trainer_state.json").write_text('{"global_st')
+    assert latest_complete_checkpoint(run) is None
+
+    mirrored = mirror_checkpoint(run / "checkpoint-8", tmp_path / "drive", keep={"checkpoint-8"})
+    assert mirrored == tmp_path / "drive" / "checkpoint-8"
+    assert sorted(p.name for p in (tmp_path / "drive").iterdir()) == ["checkpoint-8"]
+
+
+# --- a full run ------------------------------------------------------------------------------------------------------
+
+
+def test_a_run_leaves_a_hub_format_folder(tmp_path):
+    metrics = train(tiny_run_args(tmp_path, mirror_dir=str(tmp_path / "mirror")))
+    run = tmp_path / "run"
+    for name in ("model.safetensors", "config.json", "modeling_scratchgpt.py", "configuration_scratchgpt.py",
+                 "generation_config.json", "tokenizer.json", "tokenizer_config.json", "training_curves.png",
+                 "metrics.json"):
+        assert (run / name).is_file(), name
+    assert (run / "tokenizer" / "tokenizer.json").is_file() and (run / "data" / "scratchgpt_data.json").is_file()
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["global_step"] == 8 and saved["eval_perplexity"] > 1 and 0 <= saved["eval_accuracy"] <= 1
+    assert saved["eval_perplexity"] == pytest.approx(saved["eval_perplexity_from_loss"], rel=1e-4)
+    assert metrics["eval_loss"] == saved["eval_loss"]
+    model = AutoModelForCausalLM.from_pretrained(run)
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    assert type(model) is ScratchGPTForCausalLM and len(tokenizer) == model.config.vocab_size
+    assert model.config.n_positions == 32 and model.generation_config.eos_token_id == [0, 5]
+    assert sorted(p.name for p in (tmp_path / "mirror").iterdir()) == ["checkpoint-4", "checkpoint-8"]
+
+
+def test_block_size_beyond_the_context_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="block_size 64 is larger than the model context n_positions 32"):
+        train(tiny_run_args(tmp_path, block_size=64))
+
+
+def test_another_runs_checkpoints_are_refused(tmp_path):
+    train(tiny_run_args(tmp_path, max_steps=4))
+    with pytest.raises(ValueError, match="holds checkpoints of a different model \\(n_embd 32 there, 64 here\\)"):
+        train(tiny_run_args(tmp_path, n_embd=64, max_steps=8))
+
+
+# --- surviving disconnects ---------------------------------------------------------------------------------------------
+
+KILLER = """
+import os, signal, sys
+import transformers
+from scratchgpt.training.run import main
+
+original = transformers.Trainer.training_step
+def training_step(self, *args, **kwargs):
+    if self.state.global_step == {at_step}:
+        os.kill(os.getpid(), signal.{signal})
+    return original(self, *args, **kwargs)
+transformers.Trainer.training_step = training_step
+main(sys.argv[1:])
+"""
+
+
+def run_script(script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "model.safetensors")
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    train(tiny_run_args(tmp_path / "a", dropout=0.1))
+    reference = final_weights(tmp_path / "a" / "run")
+
+    args = tiny_run_args(tmp_path / "b", dropout=0.1)
+    killed = run_script(KILLER.format(at_step=6, signal="SIGKILL"), args, tmp_path)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run = tmp_path / "b" / "run"
+    assert (run / "checkpoint-4").is_dir() and not (run / "model.safetensors").exists()
+    # a save interrupted half-way by the crash
+    (run / "checkpoint-6").mkdir()
+    (run / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": 6')
+    metrics = train(args)
+    assert metrics["global_step"] == 8
+    resumed = final_weights(run)
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        assert torch.equal(resumed[name], reference[name]), name  # bitwise on CPU
+
+
+def test_sigterm_saves_and_stops_cleanly(tmp_path):
+    args = tiny_run_args(tmp_path, save_steps=100)
+    stopped = run_script(KILLER.format(at_step=3, signal="SIGTERM"), args, tmp_path)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    assert "SIGTERM received" in stopped.stderr and "stopped at step 4" in stopped.stderr
+    run = tmp_path / "run"
+    assert checkpoint_problem(run / "checkpoint-4") is None and not (run / "model.safetensors").exists()
+    assert train(args)["global_step"] == 8
+
+
+def test_time_budget_saves_and_stops(tmp_path):
+    metrics = train(tiny_run_args(tmp_path, time_budget="0s", save_steps=100))
+    assert metrics == {"stopped": "time budget", "global_step": 1}
+    assert checkpoint_problem(tmp_path / "run" / "checkpoint-1") is None
+
+
+# --- two processes -----------------------------------------------------------------------------------------------------
+
+RECORDER = """
+import json, logging, os, sys
+import torch.distributed as dist
+import transformers
+from scratchgpt.training.run import main
+
+seen = []
+original = transformers.Trainer.training_step
+def training_step(self, model, inputs, *args, **kwargs):
+    seen.append(inputs["input_ids"][:, :8].tolist())
+    return original(self, model, inputs, *args, **kwargs)
+transformers.Trainer.training_step = training_step
+logging.basicConfig(level=logging.INFO)
+main(sys.argv[1:])
+rank = dist.get_rank() if dist.is_initialized() else 0
+world = dist.get_world_size() if dist.is_initialized() else 1
+with open(os.path.join(os.environ["RECORD_DIR"], f"rank{rank}.json"), "w") as f:
+    json.dump({"world_size": world, "batches": seen}, f)
+"""
+
+
+def test_two_process_ddp_on_cpu(tmp_path):
+    script = tmp_path / "record.py"  # torchrun runs a script file
+    script.write_text(RECORDER)
+    env = {**os.environ, "RECORD_DIR": str(tmp_path), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+    def torchrun(**overrides):
+        args = tiny_run_args(tmp_path, save_steps=2, eval_steps=2, val_fraction=0.2, **overrides)
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                               "2", str(script), *args], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                              env=env)
+
+    result = torchrun(max_steps=4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["world_size"] for r in records] == [2, 2]
+    blocks = [{tuple(row) for batch in r["batches"] for row in batch} for r in records]
+    assert blocks[0] and blocks[1] and not blocks[0] & blocks[1]  # the ranks read disjoint data
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in (run / "checkpoint-4").glob("rng_state_*.pth")) == ["rng_state_0.pth",
+                                                                                      "rng_state_1.pth"]
+    assert checkpoint_problem(run / "checkpoint-4", world_size=2) is None
+    # resume under two processes: continue to step 6 from checkpoint-4
+    resumed = torchrun(max_steps=6)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and json.loads((run / "metrics.json").read_text())["global_step"] == 6
