@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test install clean
+.PHONY: test demo install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Tokenizer, data and a tiny model trained on the chitchat corpus, on CPU; results in runs/demo/.
+demo: $(STAMP)
+	$(BIN)/python train.py configs/tiny.yaml
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -254,3 +254,19 @@ def test_two_process_ddp_on_cpu(tmp_path):
     resumed = torchrun(max_steps=6)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr and json.loads((run / "metrics.json").read_text())["global_step"] == 6
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(config):
+    model_args, data_args, run_args, training_args = parse_args([str(config)])
+    assert model_args.preset in config.name.replace(".yaml", "") or config.name == "tiny.yaml"
+    assert training_args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_say_when_to_use_them(config):
+    import yaml
+
+    text = config.read_text()
+    assert text.startswith("# Use ")
+    assert yaml.safe_load(text)["distributed_type"] in ("MULTI_GPU", "FSDP")
