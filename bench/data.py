@@ -70,18 +70,23 @@ print(json.dumps({"blocks": len(dataset), "before": before, "after": after, "bat
 """
 
 
-def tree_pss_mb(pid: int) -> float:
+def tree_pss_mb(pid: int) -> dict[str, float]:
     """Proportional resident memory (PSS: pages shared between processes counted once, split among them) of a
-    process and all its descendants, in MB. Summing plain RSS would count forked workers' shared pages twice."""
-    total, stack = 0.0, [pid]
+    process and all its descendants, in MB: in all, anonymous (allocated by the processes) and file-backed (mapped
+    files, e.g. memory-mapped Arrow data: reclaimable page cache). Summing plain RSS would count forked workers'
+    shared pages twice."""
+    total, stack = {"Pss": 0.0, "Pss_Anon": 0.0, "Pss_File": 0.0}, [pid]
     while stack:
         current = stack.pop()
         try:
             with open(f"/proc/{current}/smaps_rollup") as rollup:
-                total += next(int(line.split()[1]) for line in rollup if line.startswith("Pss:")) / 1024
+                for line in rollup:
+                    key = line.split(":")[0]
+                    if key in total:
+                        total[key] += int(line.split()[1]) / 1024
             with open(f"/proc/{current}/task/{current}/children") as children:
                 stack.extend(int(child) for child in children.read().split())
-        except (OSError, StopIteration):
+        except (OSError, ValueError):
             continue
     return total
 
@@ -90,13 +95,13 @@ def timed(command: list[str]) -> dict:
     """Run a command; wall time and peak process-tree PSS."""
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = 0.0
+    peak = {"Pss": 0.0, "Pss_Anon": 0.0, "Pss_File": 0.0}
     done = threading.Event()
 
     def sample():
-        nonlocal peak
         while not done.is_set():
-            peak = max(peak, tree_pss_mb(process.pid))
+            for key, value in tree_pss_mb(process.pid).items():
+                peak[key] = max(peak[key], value)
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample)
@@ -106,7 +111,8 @@ def timed(command: list[str]) -> dict:
     sampler.join()
     if process.returncode:
         raise RuntimeError(stderr[-2000:])
-    return {"seconds": time.perf_counter() - start, "peak_pss_mb": peak}
+    return {"seconds": time.perf_counter() - start, "peak_pss_mb": peak["Pss"], "peak_anon_mb": peak["Pss_Anon"],
+            "peak_file_mb": peak["Pss_File"]}
 
 
 def make_corpus(path: Path, megabytes: int) -> int:
@@ -178,16 +184,20 @@ def main() -> None:
                                                    str(tmp / "original.bin")]))
             summary = {kind: {"seconds": statistics.median(r["seconds"] for r in measured),
                               "mb_per_s": text_bytes / 1e6 / statistics.median(r["seconds"] for r in measured),
-                              "peak_pss_mb": max(r["peak_pss_mb"] for r in measured)}
+                              "peak_pss_mb": max(r["peak_pss_mb"] for r in measured),
+                              "peak_anon_mb": max(r["peak_anon_mb"] for r in measured),
+                              "peak_file_mb": max(r["peak_file_mb"] for r in measured)}
                        for kind, measured in runs.items() if measured}
             summary["text_mb"] = text_bytes / 1e6
             line = (f"text -> tokens, {text_bytes / 1e6:.0f} MB: ours {summary['ours']['mb_per_s']:.2f} MB/s "
-                    f"(peak {summary['ours']['peak_pss_mb']:.0f} MB)")
+                    f"(peak {summary['ours']['peak_pss_mb']:.0f} MB: anonymous {summary['ours']['peak_anon_mb']:.0f},"
+                    f" file-backed {summary['ours']['peak_file_mb']:.0f})")
             if "original" in summary:
                 summary["throughput_ratio_ours_over_original"] = (summary["ours"]["mb_per_s"]
                                                                   / summary["original"]["mb_per_s"])
                 line += (f", original {summary['original']['mb_per_s']:.2f} MB/s (peak "
-                         f"{summary['original']['peak_pss_mb']:.0f} MB), ratio "
+                         f"{summary['original']['peak_pss_mb']:.0f} MB: anonymous "
+                         f"{summary['original']['peak_anon_mb']:.0f}), ratio "
                          f"{summary['throughput_ratio_ours_over_original']:.2f}")
             results["throughput"] = summary
             print(line)

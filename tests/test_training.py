@@ -63,6 +63,7 @@ def test_yaml_then_command_line_overrides(tmp_path):
         ("learning_rate: fast\n", [], "argument --learning_rate/--learning-rate: invalid float value: 'fast'"),
         ("max_steps: [1, 2]\n", [], "max_steps takes one value, got a list"),
         ("- a\n- b\n", [], "expected a mapping of keys to values"),
+        ("preset: huge\n", [], "unknown preset 'huge'; valid presets: tiny, small, medium, large, xlarge, gpt2_small"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, yaml_text, extra, message):
@@ -135,10 +136,24 @@ def test_block_size_beyond_the_context_is_refused(tmp_path):
         train(tiny_run_args(tmp_path, block_size=64))
 
 
-def test_another_runs_checkpoints_are_refused(tmp_path):
+@pytest.mark.parametrize("change, message", [
+    ({"n_embd": 64}, "n_embd 32 there, 64 here"),
+    ({"tokenizer_type": "bpe", "vocab_size": 300}, "vocab_size 53 there, 300 here"),
+])
+def test_another_runs_checkpoints_are_refused(tmp_path, change, message):
     train(tiny_run_args(tmp_path, max_steps=4))
-    with pytest.raises(ValueError, match="holds checkpoints of a different model \\(n_embd 32 there, 64 here\\)"):
-        train(tiny_run_args(tmp_path, n_embd=64, max_steps=8))
+    args = tiny_run_args(tmp_path, max_steps=8, tokenizer_path=str(tmp_path / "other_tokenizer"), **change)
+    with pytest.raises(ValueError, match=f"holds checkpoints of a different model \\({message}"):
+        train(args)
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-4"]
+
+
+def test_fresh_deletes_the_old_checkpoints(tmp_path):
+    train(tiny_run_args(tmp_path, max_steps=8))
+    metrics = train(tiny_run_args(tmp_path, max_steps=4, n_embd=64, fresh="true"))
+    assert metrics["global_step"] == 4
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-4"]
+    assert json.loads((tmp_path / "run" / "checkpoint-4" / "config.json").read_text())["n_embd"] == 64
 
 
 # --- surviving disconnects ---------------------------------------------------------------------------------------------

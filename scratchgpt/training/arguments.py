@@ -34,6 +34,10 @@ class ModelArguments:
     tie_word_embeddings: bool = field(default=False, metadata={"help": "share the LM head with the embedding"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "'sdpa', 'eager' or 'flash_attention_2'"})
 
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
+
 
 @dataclass
 class DataArguments:

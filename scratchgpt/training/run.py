@@ -57,7 +57,12 @@ def build_config(model_args: ModelArguments, tokenizer) -> ScratchGPTConfig:
 def load_or_train_tokenizer(data_args: DataArguments, path: Path):
     """Load the tokenizer at ``path``, training it from the run's inputs first if it is not there."""
     if (path / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if data_args.tokenizer_type == "bpe" and len(tokenizer) != data_args.vocab_size:
+            logger.warning("using the existing tokenizer at %s (%d tokens); vocab_size %d applies only when one is "
+                           "trained: delete that folder to train a new one", path, len(tokenizer),
+                           data_args.vocab_size)
+        return tokenizer
     logger.info("no tokenizer at %s: training a %s tokenizer from the inputs", path, data_args.tokenizer_type)
     texts = iter_texts(iter_documents(data_args.inputs, data_args.text_documents))
     if data_args.tokenizer_type == "bpe":
@@ -117,16 +122,16 @@ def main(argv: list[str]) -> dict:
         if block_size > config.n_positions:
             raise ValueError(f"block_size {block_size} is larger than the model context n_positions "
                              f"{config.n_positions}")
+        if run_args.fresh and training_args.process_index == 0:
+            for checkpoint in list_checkpoints(output_dir):
+                logger.warning("--fresh: deleting %s", checkpoint)
+                shutil.rmtree(checkpoint)
+        _check_existing_run(output_dir, config)  # before anything of the run is rebuilt
         dataset = prepare_dataset(tokenizer, data_args.inputs, data_path, block_size=block_size,
                                   val_fraction=data_args.val_fraction, clean=data_args.clean,
                                   num_proc=data_args.num_proc, seed=training_args.seed,
                                   text_documents=data_args.text_documents)
 
-    if run_args.fresh and training_args.process_index == 0:
-        for checkpoint in list_checkpoints(output_dir):
-            logger.warning("--fresh: deleting %s", checkpoint)
-            shutil.rmtree(checkpoint)
-    _check_existing_run(output_dir, config)
     resume_from = latest_complete_checkpoint(output_dir, training_args.world_size)
     if resume_from is not None:
         logger.info("resuming from %s", resume_from)
