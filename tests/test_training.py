@@ -243,18 +243,26 @@ with open(os.path.join(os.environ["RECORD_DIR"], f"rank{rank}.json"), "w") as f:
 """
 
 
-def test_two_process_ddp_on_cpu(tmp_path):
-    script = tmp_path / "record.py"  # torchrun runs a script file
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    # `--cpu --num_processes 2` would silently run one process; this is what gives two gloo processes on a CPU
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"],
+}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_two_process_ddp_on_cpu(tmp_path, launcher):
+    script = tmp_path / "record.py"  # the launchers run a script file
     script.write_text(RECORDER)
     env = {**os.environ, "RECORD_DIR": str(tmp_path), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
-    def torchrun(**overrides):
+    def launch(**overrides):
         args = tiny_run_args(tmp_path, save_steps=2, eval_steps=2, val_fraction=0.2, **overrides)
-        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                               "2", str(script), *args], capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                              env=env)
+        return subprocess.run([sys.executable, *LAUNCHERS[launcher], str(script), *args], capture_output=True,
+                              text=True, cwd=tmp_path, timeout=600, env=env)
 
-    result = torchrun(max_steps=4)
+    result = launch(max_steps=4)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["world_size"] for r in records] == [2, 2]
@@ -266,7 +274,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
                                                                                       "rng_state_1.pth"]
     assert checkpoint_problem(run / "checkpoint-4", world_size=2) is None
     # resume under two processes: continue to step 6 from checkpoint-4
-    resumed = torchrun(max_steps=6)
+    resumed = launch(max_steps=6)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr and json.loads((run / "metrics.json").read_text())["global_step"] == 6
 
