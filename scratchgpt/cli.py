@@ -6,15 +6,26 @@ place only when complete, so a failed or interrupted run leaves nothing that loo
 """
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
-from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    set_seed,
+)
 
 from .data.cleaning import CLEAN_MODES
 from .data.prepare import prepare_dataset, read_metadata
 from .data.sources import iter_documents, iter_texts, resolve_inputs
+from .evaluation import evaluate_text
+from .generation import chat_reply, generate_text
 from .modeling import ScratchGPTForCausalLM
 from .modeling.convert import convert_legacy_checkpoint, from_gpt2, to_gpt2
 from .staging import refuse_existing, staged_output
@@ -104,6 +115,81 @@ def _prepare(args: argparse.Namespace) -> None:
               f"whitespace characters removed")
 
 
+def _load_model(path: str):
+    """A causal LM and its tokenizer from a local folder (or a Hub id when online), ready for inference."""
+    if Path(path).exists() and not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a model folder (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _sampling_args(args: argparse.Namespace) -> dict:
+    if args.seed is not None:
+        set_seed(args.seed)
+    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
+            "top_p": args.top_p, "repetition_penalty": args.repetition_penalty}
+
+
+def _generate(args: argparse.Namespace) -> None:
+    model, tokenizer = _load_model(args.model)
+    stream = not args.no_stream
+    text = generate_text(model, tokenizer, args.prompt, stream=stream, **_sampling_args(args))
+    if not stream:
+        print(args.prompt + text)
+
+
+def _chat(args: argparse.Namespace) -> None:
+    model, tokenizer = _load_model(args.model)
+    if not tokenizer.chat_template:
+        raise ValueError(f"{args.model}: the tokenizer has no chat template; use `scratchgpt generate`")
+    sampling = _sampling_args(args)
+    source = open(args.input, encoding="utf-8") if args.input else sys.stdin
+    interactive = args.input is None and sys.stdin.isatty()
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    if interactive:
+        print("chatting with", args.model, "- an empty line or Ctrl-D ends the conversation")
+    try:
+        while True:
+            if interactive:
+                print("you> ", end="", flush=True)
+            line = source.readline()
+            if not line.strip():
+                break
+            messages.append({"role": "user", "content": line.strip()})
+            print("assistant> ", end="", flush=True)
+            reply = chat_reply(model, tokenizer, messages, stream=interactive, **sampling)
+            if not interactive:
+                print(reply)
+            messages.append({"role": "assistant", "content": reply})
+    finally:
+        if source is not sys.stdin:
+            source.close()
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    model, tokenizer = _load_model(args.model)
+    text = "\n\n".join(iter_texts(iter_documents(args.input)))
+    result = evaluate_text(model, tokenizer, text, block_size=args.block_size, stride=args.stride,
+                           show_progress=not args.json)
+    if args.json:
+        print(json.dumps({"model": args.model, "inputs": args.input, **result}, indent=2))
+        return
+    print(f"{'model':<18}{args.model}")
+    for name in ("perplexity", "bits_per_byte", "mean_nll", "tokens", "bytes", "block_size", "stride"):
+        value = result[name]
+        print(f"{name:<18}{value:,.4f}" if isinstance(value, float) else f"{name:<18}{value:,}")
+
+
+def _add_sampling_options(command: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    command.add_argument("model", help="model folder (ScratchGPT, a GPT-2 export, a converted legacy checkpoint)")
+    command.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N")
+    command.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 for greedy decoding")
+    command.add_argument("--top-k", type=int, default=50, metavar="K")
+    command.add_argument("--top-p", type=float, default=None, metavar="P")
+    command.add_argument("--repetition-penalty", type=float, default=None, metavar="R")
+    command.add_argument("--seed", type=int, default=None, metavar="S", help="seed for reproducible sampling")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scratchgpt", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +232,28 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--seed", type=int, default=0, help="seed of the train/validation split (default 0)")
     prepare.add_argument("--rebuild", action="store_true", help="rebuild even if the output is up to date")
     prepare.set_defaults(handler=_prepare)
+
+    generate = commands.add_parser("generate", help="continue a prompt, streaming tokens as they come")
+    _add_sampling_options(generate, max_new_tokens=100)
+    generate.add_argument("--prompt", required=True, help="text to continue")
+    generate.add_argument("--no-stream", action="store_true", help="print the whole text at the end instead")
+    generate.set_defaults(handler=_generate)
+
+    chat = commands.add_parser("chat", help="multi-turn chat through the tokenizer's chat template")
+    _add_sampling_options(chat, max_new_tokens=100)
+    chat.add_argument("--system", default=None, help="a system message to start the conversation with")
+    chat.add_argument("--input", default=None, metavar="FILE",
+                      help="read the user's messages from FILE, one per line (default: stdin; interactive on a tty)")
+    chat.set_defaults(handler=_chat)
+
+    evaluate = commands.add_parser("evaluate", help="sliding-window perplexity and bits per byte on held-out text")
+    evaluate.add_argument("model", help="model folder")
+    evaluate.add_argument("--input", nargs="+", required=True, metavar="PATH", help="text inputs (as for prepare)")
+    evaluate.add_argument("--block-size", type=int, default=None, metavar="N", help="window length (default: context)")
+    evaluate.add_argument("--stride", type=int, default=None, metavar="N",
+                          help="new tokens scored per window (default: block size, i.e. disjoint windows)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.set_defaults(handler=_evaluate)
     return parser
 
 

@@ -10,10 +10,11 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from ..generation import chat_reply, generate_text
 from .checkpoints import list_checkpoints, mirror_checkpoint
 
 
-__all__ = ["GracefulStopCallback", "MirrorCallback", "SampleGenerationCallback"]
+__all__ = ["GracefulStopCallback", "MirrorCallback", "SampleGenerationCallback", "generate_samples"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,27 +89,16 @@ class SampleGenerationCallback(TrainerCallback):
             logger.info("sample at step %d | %s -> %s", state.global_step, prompt, reply)
 
 
-@torch.no_grad()
 def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int = 40, seed: int = 0) -> list[str]:
     """Replies to ``prompts`` (as chat turns when the tokenizer has a chat template), sampled with a fixed seed."""
     was_training = model.training
     model.eval()
-    replies = []
     devices = [model.device] if model.device.type == "cuda" else []
-    context = model.config.n_positions
-    max_new_tokens = min(max_new_tokens, context // 2)  # leave at least half the context to the prompt
     # fork: the same samples for the same weights, and training's random stream is left exactly as it was
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for prompt in prompts:
-            if tokenizer.chat_template:
-                ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                    return_tensors="pt", return_dict=True)["input_ids"]
-            else:
-                ids = tokenizer(prompt, return_tensors="pt").input_ids
-            ids = ids[:, -(context - max_new_tokens):].to(model.device)  # a long prompt keeps its end
-            output = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=True, top_k=50, temperature=0.8,
-                                    pad_token_id=tokenizer.pad_token_id)
-            replies.append(tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip())
+        replies = [chat_reply(model, tokenizer, [{"role": "user", "content": prompt}], max_new_tokens)
+                   if tokenizer.chat_template else generate_text(model, tokenizer, prompt, max_new_tokens).strip()
+                   for prompt in prompts]
     model.train(was_training)
     return replies

@@ -1,0 +1,63 @@
+"""Text generation and chat for any causal-LM folder (ScratchGPT, a GPT-2 export, a converted legacy checkpoint).
+
+The prompt is cut from the left so that prompt plus new tokens fit the model's context; chat prompts go through the
+tokenizer's chat template and stop at the end-of-turn marker as well as at ``<|endoftext|>``.
+"""
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
+
+from .tokenization import generation_eos_token_ids
+
+
+__all__ = ["context_length", "generate_text", "chat_reply"]
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    return getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+
+
+def _sampling(temperature: float, top_k: int | None, top_p: float | None, repetition_penalty: float | None) -> dict:
+    if temperature <= 0:
+        return {"do_sample": False, "repetition_penalty": repetition_penalty}
+    return {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+            "repetition_penalty": repetition_penalty}
+
+
+@torch.no_grad()
+def _generate(model, tokenizer, ids: torch.Tensor, max_new_tokens: int, streamer=None, **sampling) -> str:
+    context = context_length(model)
+    if context is not None:
+        max_new_tokens = min(max_new_tokens, context // 2)  # leave at least half the context to the prompt
+        ids = ids[:, -(context - max_new_tokens):]  # a long prompt keeps its end
+    ids = ids.to(model.device)
+    output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                            eos_token_id=generation_eos_token_ids(tokenizer) or model.generation_config.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                            else tokenizer.eos_token_id, streamer=streamer,
+                            **{k: v for k, v in sampling.items() if v is not None})
+    return tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def generate_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int = 100,
+                  temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None,
+                  repetition_penalty: float | None = None, stream: bool = False) -> str:
+    """Continue ``prompt``; returns the new text. ``temperature <= 0`` is greedy. With ``stream``, tokens are
+    printed to stdout as they come (the prompt first). Seed with ``transformers.set_seed`` for reproducibility."""
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    streamer = TextStreamer(tokenizer, skip_special_tokens=True) if stream else None
+    return _generate(model, tokenizer, ids, max_new_tokens, streamer,
+                     **_sampling(temperature, top_k, top_p, repetition_penalty))
+
+
+def chat_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+               max_new_tokens: int = 100, temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None,
+               repetition_penalty: float | None = None, stream: bool = False) -> str:
+    """The assistant's next turn after ``messages`` (``[{"role", "content"}]``), stopping at the end-of-turn token."""
+    if not tokenizer.chat_template:
+        raise ValueError("this model's tokenizer has no chat template; use `generate` instead")
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    return _generate(model, tokenizer, ids, max_new_tokens, streamer,
+                     **_sampling(temperature, top_k, top_p, repetition_penalty)).strip()
