@@ -1,0 +1,65 @@
+import math
+
+import pytest
+import torch
+
+from scratchgpt import ScratchGPTForCausalLM
+from scratchgpt.evaluation import evaluate_text, token_nll
+from scratchgpt.tokenization import train_char_tokenizer
+
+from .testing_utils import tiny_config, tiny_tokenizer
+
+PATTERN = "the cat sat on a mat; a dog ran to the log. "
+
+
+def test_one_window_equals_the_model_loss():
+    tokenizer = tiny_tokenizer()
+    model = ScratchGPTForCausalLM(tiny_config()).eval()
+    text = "The quick brown fox jumps over the lazy dog."
+    result = evaluate_text(model, tokenizer, text, block_size=64)
+    ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer(text).input_ids])
+    with torch.no_grad():
+        loss = model(ids, labels=ids).loss.item()
+    assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-6)
+    assert result["tokens"] == ids.shape[1] - 1 and result["bytes"] == len(text.encode())
+    assert result["bits_per_byte"] == pytest.approx(loss * result["tokens"] / math.log(2) / result["bytes"], rel=1e-6)
+
+
+@pytest.mark.parametrize("stride", [1, 5, 15, 16])
+def test_every_token_is_scored_exactly_once(stride):
+    model = ScratchGPTForCausalLM(tiny_config()).eval()
+    ids = torch.randint(0, 300, (50,))
+    nll = token_nll(model, ids, block_size=16, stride=stride)
+    assert nll.shape == (49,) and torch.isfinite(nll).all()
+    # the first 15 predictions come from the first window in every case: identical
+    first = token_nll(model, ids[:16], block_size=16, stride=16)
+    torch.testing.assert_close(nll[:15], first)
+
+
+def test_more_context_never_hurts_a_trained_model():
+    torch.manual_seed(0)
+    tokenizer = train_char_tokenizer([PATTERN])
+    model = ScratchGPTForCausalLM(tiny_config(vocab_size=len(tokenizer), n_positions=32))
+    ids = torch.tensor(tokenizer(PATTERN * 40).input_ids)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(150):
+        start = torch.randint(0, len(ids) - 32, (8,))
+        batch = torch.stack([ids[s: s + 32] for s in start])
+        loss = model(batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    held_out = (PATTERN * 6)[7:]  # the same pattern, entered mid-way
+    disjoint = evaluate_text(model, tokenizer, held_out, block_size=32, stride=32)
+    sliding = evaluate_text(model, tokenizer, held_out, block_size=32, stride=4)
+    assert sliding["perplexity"] <= disjoint["perplexity"]
+    assert disjoint["perplexity"] < 3  # it did learn the pattern
+
+
+def test_bad_windows_are_refused():
+    model = ScratchGPTForCausalLM(tiny_config()).eval()
+    with pytest.raises(ValueError, match="block_size 65 is larger than the model context 64"):
+        evaluate_text(model, tiny_tokenizer(), "some text", block_size=65)
+    with pytest.raises(ValueError, match="1 <= stride <= block_size"):
+        token_nll(model, torch.arange(10), block_size=8, stride=9)

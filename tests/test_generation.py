@@ -1,0 +1,54 @@
+import torch
+from transformers import set_seed
+
+from scratchgpt import ScratchGPTForCausalLM
+from scratchgpt.generation import chat_reply, generate_text
+
+from .testing_utils import tiny_config, tiny_tokenizer
+
+
+def model_for(tokenizer, **overrides):
+    return ScratchGPTForCausalLM(tiny_config(vocab_size=len(tokenizer), n_positions=64, **overrides)).eval()
+
+
+def test_sampling_is_reproducible_with_a_seed():
+    tokenizer = tiny_tokenizer()
+    model = model_for(tokenizer)
+    outputs = []
+    for seed in (3, 3, 4):
+        set_seed(seed)
+        outputs.append(generate_text(model, tokenizer, "The quick", max_new_tokens=20, temperature=1.0))
+    assert outputs[0] == outputs[1] != outputs[2]
+
+
+def test_greedy_needs_no_seed():
+    tokenizer = tiny_tokenizer()
+    model = model_for(tokenizer)
+    assert generate_text(model, tokenizer, "Hello", 10, temperature=0) == generate_text(model, tokenizer, "Hello", 10,
+                                                                                          temperature=0)
+
+
+def test_long_prompts_keep_their_end_and_fit_the_context():
+    tokenizer = tiny_tokenizer()
+    model = model_for(tokenizer)
+    prompt = "The quick brown fox jumps over the lazy dog. " * 30  # far more than 64 tokens
+    assert isinstance(generate_text(model, tokenizer, prompt, max_new_tokens=50, temperature=0), str)
+
+
+def test_chat_stops_at_the_end_of_turn_token():
+    tokenizer = tiny_tokenizer()
+    model = model_for(tokenizer)
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    with torch.no_grad():  # make <|end|> the most likely next token everywhere
+        model.model.ln_f.weight.zero_()
+        model.model.ln_f.bias.fill_(1.0)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[end] = 1.0
+    outputs = []
+    original = model.generate
+    model.generate = lambda *args, **kwargs: outputs.append(original(*args, **kwargs)) or outputs[-1]
+    reply = chat_reply(model, tokenizer, [{"role": "user", "content": "Hi!"}], max_new_tokens=20, temperature=0)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi!"}], add_generation_prompt=True,
+                                           return_dict=False)
+    assert reply == ""
+    assert outputs[0].shape[1] == len(prompt) + 1 and outputs[0][0, -1].item() == end  # one token, then stop
