@@ -184,3 +184,43 @@ def test_prepare_errors_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len([line for line in err.splitlines() if "error" in line]) == 1, err
     assert not (tmp_path / "data").exists()
+
+
+# --- generate, chat, evaluate ------------------------------------------------------------------------------------------
+
+
+def chat_model_folder(folder):
+    tokenizer = tiny_tokenizer()
+    ScratchGPTForCausalLM(tiny_config(vocab_size=len(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_generate_is_reproducible_with_a_seed(tmp_path, capsys):
+    folder = str(chat_model_folder(tmp_path / "model"))
+    outputs = []
+    for _ in range(2):
+        assert main(["generate", folder, "--prompt", "The quick", "--seed", "5", "--max-new-tokens", "12",
+                     "--no-stream"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].startswith("The quick")
+    assert main(["generate", folder, "--prompt", "The quick", "--seed", "5", "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr().out.strip() == outputs[0].strip()  # streamed: the same text
+
+
+def test_chat_reads_messages_from_a_file(tmp_path, capsys):
+    folder = str(chat_model_folder(tmp_path / "model"))
+    (tmp_path / "messages.txt").write_text("Hello there\nHow are you?\n")
+    assert main(["chat", folder, "--input", str(tmp_path / "messages.txt"), "--seed", "0", "--max-new-tokens",
+                 "8"]) == 0
+    assert capsys.readouterr().out.count("assistant> ") == 2
+
+
+def test_evaluate_prints_json(tmp_path, capsys):
+    folder = str(chat_model_folder(tmp_path / "model"))
+    (tmp_path / "held.txt").write_text(SAMPLE_TEXT[:400])
+    assert main(["evaluate", folder, "--input", str(tmp_path / "held.txt"), "--stride", "16", "--block-size", "32",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["stride"] == 16 and result["block_size"] == 32 and result["perplexity"] > 1
+    assert result["bytes"] == 400 and 0 < result["bits_per_byte"] < 20
