@@ -15,7 +15,7 @@ import evaluate
 import torch
 from transformers import AutoTokenizer, Trainer, set_seed
 
-from ..data.prepare import collate_blocks, prepare_dataset
+from ..data.prepare import collate_blocks, prepare_dataset, read_metadata
 from ..data.sources import iter_documents, iter_texts
 from ..metrics import metric_path
 from ..modeling import ScratchGPTConfig, ScratchGPTForCausalLM
@@ -106,6 +106,34 @@ def _check_existing_run(output_dir: Path, config: ScratchGPTConfig) -> None:
                          f"output_dir, or --fresh true to delete them")
 
 
+def _training_summary(training_args, data_args: DataArguments, block_size: int, data: dict) -> dict:
+    """How the run was trained, for metrics.json and the model card."""
+    if torch.cuda.is_available() and not training_args.use_cpu:
+        hardware = f"{training_args.world_size} x {torch.cuda.get_device_name()}"
+    else:
+        hardware = f"CPU ({training_args.world_size} process{'es' if training_args.world_size > 1 else ''}, " \
+                   f"{torch.get_num_threads()} threads)"
+    batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    return {
+        "inputs": data_args.inputs,
+        "train_tokens": data["splits"]["train"]["tokens"],
+        "validation_tokens": data["splits"].get("validation", {}).get("tokens", 0),
+        "block_size": block_size,
+        "tokens_per_step": batch * training_args.world_size * block_size,
+        "learning_rate": training_args.learning_rate,
+        "lr_scheduler": str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)),
+        "warmup_steps": training_args.warmup_steps,
+        "weight_decay": training_args.weight_decay,
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+        "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+        "optimizer": str(getattr(training_args.optim, "value", training_args.optim)),
+        "seed": training_args.seed,
+        "hardware": hardware,
+        "torch": torch.__version__,
+    }
+
+
 def main(argv: list[str]) -> dict:
     """Run training as configured by ``argv`` (``[CONFIG.yaml] [--key value ...]``); returns the final metrics."""
     model_args, data_args, run_args, training_args = parse_args(argv)
@@ -136,6 +164,7 @@ def main(argv: list[str]) -> dict:
     if resume_from is not None:
         logger.info("resuming from %s", resume_from)
 
+    tokenizer.model_max_length = config.n_positions  # saved with the tokenizer: pipelines truncate to the context
     model = ScratchGPTForCausalLM(config)
     model.set_attn_implementation(model_args.attn_implementation)
     model.generation_config.eos_token_id = generation_eos_token_ids(tokenizer) or None
@@ -171,6 +200,7 @@ def main(argv: list[str]) -> dict:
         metrics.update(trainer.evaluate())
         metrics["eval_perplexity_from_loss"] = math.exp(metrics["eval_loss"])
     trainer.save_model(str(output_dir))  # weights, config with auto_map, model code, generation config, tokenizer
+    metrics["training"] = _training_summary(training_args, data_args, block_size, read_metadata(data_path))
     if trainer.is_world_process_zero():
         replies = generate_samples(trainer.model, tokenizer, data_args.sample_prompts, data_args.sample_max_new_tokens)
         metrics["samples"] = [{"prompt": p, "reply": r} for p, r in zip(data_args.sample_prompts, replies)]

@@ -1,0 +1,45 @@
+"""Publish a trained model folder (train.py's output_dir, or one of its checkpoints) to the Hugging Face Hub.
+
+    python push_to_hub.py runs/demo your-name/scratchgpt-demo [--private] [--revision BRANCH]
+        [--commit-message MSG] [--dry-run] [--token TOKEN] [--include PATTERN ...]
+
+The token comes from --token, HF_TOKEN or the saved login (`hf auth login`) and is never printed or written.
+"""
+
+import argparse
+import sys
+
+from scratchgpt.hub import push_folder
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", help="trained model folder")
+    parser.add_argument("repo_id", help="namespace/name on the Hub")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--revision", default=None, help="branch to commit to (created if needed)")
+    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--dry-run", action="store_true", help="print the files and the model card; upload nothing")
+    parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
+    parser.add_argument("--include", nargs="*", default=[], metavar="PATTERN",
+                        help="extra files to upload (e.g. 'optimizer.pt'); by default only the model files go")
+    args = parser.parse_args()
+    try:
+        result = push_folder(args.folder, args.repo_id, token=args.token, private=args.private,
+                             revision=args.revision, commit_message=args.commit_message, include=args.include,
+                             dry_run=args.dry_run)
+    except (ValueError, OSError) as error:
+        print(f"push_to_hub.py: error: {error}", file=sys.stderr)
+        return 1
+    width = max(len(name) for name, _ in result["files"])
+    for name, size in result["files"]:
+        print(f"{name:<{width}}  {size:>14,} bytes")
+    if args.dry_run:
+        print("\n" + result["card"])
+    else:
+        print(f"\npushed {len(result['files'])} files to {args.repo_id}: {result['commit_url']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Publish a trained model folder (train.py's final folder or one of its checkpoints) to the Hugging Face Hub.
+
+Only an allow-list of files leaves the machine (weights, config, model code, tokenizer, generation config, curves,
+metrics) plus a generated model card; optimizer and RNG states stay home unless included explicitly. The token
+comes from the caller, ``HF_TOKEN`` or the saved login, and is never printed or written.
+"""
+
+import fnmatch
+import json
+import time
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.repocard_data import EvalResult
+from huggingface_hub.utils import validate_repo_id
+
+
+try:  # the HTTP client huggingface_hub uses: httpx2 in 2.x, httpx in 1.x
+    from httpx2 import TransportError
+except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
+    from httpx import TransportError
+
+
+__all__ = ["ALLOWED_FILES", "select_files", "model_card", "push_folder"]
+
+ALLOWED_FILES = [
+    "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+    "config.json", "configuration_scratchgpt.py", "modeling_scratchgpt.py", "generation_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "vocab.json",
+    "merges.txt", "training_curves.png", "metrics.json",
+]
+
+
+def select_files(folder: str | Path, include: list[str] = ()) -> list[Path]:
+    """The files of ``folder`` that are published: the allow-list plus any ``include`` glob patterns."""
+    folder = Path(folder)
+    patterns = [*ALLOWED_FILES, *include]
+    return sorted(p for p in folder.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns))
+
+
+def _check_model_folder(folder: Path) -> dict:
+    config_file = folder / "config.json"
+    if not folder.is_dir() or not config_file.is_file():
+        raise FileNotFoundError(f"{folder}: not a trained model folder (no config.json)")
+    if not any(folder.glob("*.safetensors")):
+        raise FileNotFoundError(f"{folder}: not a trained model folder (no .safetensors weights)")
+    return json.loads(config_file.read_text(encoding="utf-8"))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _parameters(folder: Path) -> int | None:
+    from safetensors import safe_open
+
+    total, seen = 0, set()
+    for weights in folder.glob("*.safetensors"):
+        with safe_open(str(weights), framework="pt") as handle:
+            for name in handle.keys():
+                if name not in seen:
+                    seen.add(name)
+                    shape = handle.get_slice(name).get_shape()
+                    count = 1
+                    for size in shape:
+                        count *= size
+                    total += count
+    return total or None
+
+
+def model_card(folder: str | Path, repo_id: str) -> str:
+    """A README.md with Hub metadata (model-index with the validation perplexity) and the sections people need."""
+    folder = Path(folder)
+    config = _check_model_folder(folder)
+    metrics = _read_json(folder / "metrics.json") or _read_json(folder.parent / "metrics.json")
+    training = metrics.get("training", {})
+    is_gpt2 = config.get("model_type") == "gpt2"
+    parameters = _parameters(folder)
+    perplexity = metrics.get("eval_perplexity")
+    name = repo_id.split("/")[-1]
+    data_names = ["chitchat"] if "chitchat" in training.get("inputs", []) else None
+
+    card_data = ModelCardData(
+        library_name="transformers",
+        license="mit",
+        tags=["scratchgpt", "gpt2", "text-generation", "causal-lm"],
+        datasets=data_names,
+        pipeline_tag="text-generation",
+        model_name=name,
+        eval_results=[EvalResult(task_type="text-generation", dataset_type="custom", dataset_name="held-out validation",
+                                 metric_type="perplexity", metric_value=round(perplexity, 3))] if perplexity else None,
+    )
+    architecture = "\n".join([
+        "| | |", "|---|---|",
+        f"| architecture | GPT-2 style decoder ({'GPT2LMHeadModel export' if is_gpt2 else 'ScratchGPTForCausalLM'}) |",
+        f"| parameters | {parameters:,} |" if parameters else "| parameters | unknown |",
+        f"| layers | {config.get('n_layer')} |", f"| hidden size | {config.get('n_embd')} |",
+        f"| attention heads | {config.get('n_head')} |", f"| MLP width | {config.get('n_inner') or 4 * config.get('n_embd', 0)} |",
+        f"| context | {config.get('n_positions')} tokens |", f"| vocabulary | {config.get('vocab_size'):,} |",
+        f"| activation | {config.get('activation_function')} |",
+        f"| tied embeddings | {config.get('tie_word_embeddings', True if is_gpt2 else False)} |",
+    ])
+    if training:
+        hours = metrics.get("train_runtime", 0) / 3600
+        trained = "\n".join([
+            f"- Data: {', '.join(training['inputs'])}: {training['train_tokens']:,} training tokens, "
+            f"{training['validation_tokens']:,} validation tokens, blocks of {training['block_size']} tokens.",
+            f"- {metrics.get('global_step', '?'):,} steps of {training['tokens_per_step']:,} tokens; "
+            f"{training['optimizer']}, peak learning rate {training['learning_rate']}, {training['lr_scheduler']} "
+            f"schedule with {training['warmup_steps']} warmup steps, weight decay {training['weight_decay']}, "
+            f"{training['precision']}, seed {training['seed']}.",
+            f"- Hardware: {training['hardware']}; torch {training['torch']}; {hours:.2f} hours of training.",
+        ])
+    else:
+        trained = "Training details were not recorded with this folder (no metrics.json)."
+    results = (f"| validation perplexity | {perplexity:.2f} |\n| next-token accuracy | "
+               f"{metrics.get('eval_accuracy', float('nan')):.3f} |\n| validation loss | "
+               f"{metrics.get('eval_loss', float('nan')):.4f} nats/token |") if perplexity else "Not evaluated."
+    curves = "![training curves](training_curves.png)" if (folder / "training_curves.png").is_file() else ""
+    remote = "" if is_gpt2 else ", trust_remote_code=True"
+    body = f"""
+# {name}
+
+A small GPT language model trained from scratch with [scratchgpt](https://pypi.org/project/scratchgpt/).
+
+## Model
+
+{architecture}
+
+## Training
+
+{trained}
+
+## Evaluation
+
+| metric | value |
+|---|---|
+{results}
+
+{curves}
+
+## Use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+model = AutoModelForCausalLM.from_pretrained("{repo_id}"{remote})
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}"{remote})
+print(pipeline("text-generation", model=model, tokenizer=tokenizer)("Hello", max_new_tokens=40)[0]["generated_text"])
+```
+
+{"This is a stock GPT-2 model: any tool that knows GPT-2 loads it." if is_gpt2 else
+ "With `pip install scratchgpt` and `import scratchgpt`, `trust_remote_code` is not needed. "
+ "`scratchgpt convert to-gpt2` exports it as a stock GPT-2 model that loads without remote code."}
+If the tokenizer has a chat template, `tokenizer.apply_chat_template(messages, add_generation_prompt=True)` builds
+chat prompts; stop generation at `<|end|>` as well as `<|endoftext|>` (the saved generation config does).
+
+## Limitations
+
+A small model trained on a small corpus: it produces fluent-looking but often incoherent or wrong text, repeats
+itself, and reflects the biases of its training data. It has no safety tuning. Use it to learn and experiment,
+not for anything that matters.
+"""
+    return ModelCard.from_template(card_data, template_str="---\n{{ card_data }}\n---\n" + body).content
+
+
+def push_folder(folder: str | Path, repo_id: str, token: str | None = None, private: bool = False,
+                revision: str | None = None, commit_message: str | None = None, include: list[str] = (),
+                dry_run: bool = False, retries: int = 3) -> dict:
+    """Create ``repo_id`` if needed and upload the selected files and a model card in one commit.
+
+    Returns ``{"files": [(path_in_repo, size)], "card": str, "commit_url": str | None}``. Raises ``ValueError`` /
+    ``FileNotFoundError`` / ``ConnectionError`` with one-line messages (never containing the token).
+    """
+    folder = Path(folder)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ValueError(f"invalid repo id {repo_id!r}: use 'namespace/name' with letters, digits, '-', '_', '.'")
+    if "/" not in repo_id:
+        raise ValueError(f"invalid repo id {repo_id!r}: include the namespace, e.g. 'your-name/{repo_id}'")
+    card = model_card(folder, repo_id)
+    files = [p for p in select_files(folder, include) if p.name != "README.md"]
+    listing = [(p.name, p.stat().st_size) for p in files] + [("README.md", len(card.encode("utf-8")))]
+    if dry_run:
+        return {"files": listing, "card": card, "commit_url": None}
+    token = token or get_token()
+    if not token:
+        raise ValueError("no Hugging Face token: pass --token, set HF_TOKEN, or log in with `hf auth login`")
+    api = HfApi(token=token)
+    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
+    for attempt in range(1, retries + 1):
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if revision:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            info = api.create_commit(repo_id, operations, revision=revision,
+                                     commit_message=commit_message or f"Upload {folder.name} with scratchgpt")
+            return {"files": listing, "card": card, "commit_url": info.commit_url}
+        except HfHubHTTPError as error:
+            status = error.response.status_code if error.response is not None else None
+            if status in (401, 403):
+                raise ValueError(f"the Hub refused the token for {repo_id} (HTTP {status})") from None
+            if status is not None and status < 500:
+                raise ValueError(f"the Hub refused the upload to {repo_id} (HTTP {status})") from None
+            failure = f"HTTP {status}"
+        except (OSError, TransportError) as error:  # connection refused, DNS failure, timeout
+            failure = type(error).__name__
+        if attempt < retries:
+            time.sleep(min(2 ** attempt, 10))
+    raise ConnectionError(f"could not upload to {repo_id} after {retries} attempts ({failure})")

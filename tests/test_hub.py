@@ -1,0 +1,129 @@
+"""push_to_hub.py against a Hub-compatible server on 127.0.0.1 (tests/hub_server.py): the real huggingface_hub and
+transformers client code uploads a trained model and downloads it back by repo id."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratchgpt.hub import model_card, push_folder, select_files
+from scratchgpt.training.run import main as train
+
+from .hub_server import HubServer
+from .test_training import tiny_run_args
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "hf_test_token_that_must_never_be_printed"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("trained")
+    train(tiny_run_args(folder))
+    return folder / "run"
+
+
+@pytest.fixture
+def hub():
+    server = HubServer().start()
+    yield server
+    server.stop()
+
+
+def client_env(hub, tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
+    return {**env, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1",
+            "PYTHONPATH": str(REPO), **extra}
+
+
+def test_push_then_load_by_repo_id(trained, hub, tmp_path):
+    env = client_env(hub, tmp_path, HF_TOKEN=TOKEN)
+    pushed = subprocess.run([sys.executable, str(REPO / "push_to_hub.py"), str(trained), "me/tiny-chat"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    assert TOKEN not in pushed.stdout + pushed.stderr
+    assert hub.tokens_seen == {TOKEN}
+    files = hub.repos["me/tiny-chat"].files
+    assert {"model.safetensors", "config.json", "modeling_scratchgpt.py", "configuration_scratchgpt.py",
+            "tokenizer.json", "generation_config.json", "README.md", "training_curves.png", "metrics.json"} <= set(files)
+    assert not [name for name in files if name.startswith("checkpoint") or name.endswith((".pt", ".pth", ".bin"))]
+    assert sum(1 for method, path in hub.requests if "/commit/" in path) == 1  # one commit
+
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    torch.save({"ids": ids}, tmp_path / "ids.pt")
+    check = textwrap.dedent(f"""
+        import sys, torch
+        if sys.argv[1] == "without":
+            sys.modules["scratchgpt"] = None  # scratchgpt cannot be imported: remote code must do it all
+        else:
+            import scratchgpt
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        remote = sys.argv[1] == "without"
+        model = AutoModelForCausalLM.from_pretrained("me/tiny-chat", trust_remote_code=remote).eval()
+        tokenizer = AutoTokenizer.from_pretrained("me/tiny-chat", trust_remote_code=remote)
+        assert type(model).__module__.startswith("transformers_modules") == remote, type(model).__module__
+        ids = torch.load({str(tmp_path / "ids.pt")!r})["ids"]
+        torch.save(model(ids).logits, {str(tmp_path)!r} + "/logits_" + sys.argv[1] + ".pt")
+        print(len(tokenizer), tokenizer.decode([7, 8, 9]))
+    """)
+    from transformers import AutoModelForCausalLM
+
+    original = AutoModelForCausalLM.from_pretrained(trained).eval()
+    with torch.no_grad():
+        expected = original(ids).logits
+    for mode in ("with", "without"):
+        loaded = subprocess.run([sys.executable, "-c", check, mode], env=client_env(hub, tmp_path / mode),
+                                capture_output=True, text=True, timeout=300, cwd=tmp_path, stdin=subprocess.DEVNULL)
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+        torch.testing.assert_close(torch.load(tmp_path / f"logits_{mode}.pt"), expected, atol=0, rtol=0)
+
+
+def test_dry_run_lists_files_and_card_without_a_token(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    result = push_folder(trained, "me/tiny", dry_run=True)
+    names = [name for name, _ in result["files"]]
+    assert "README.md" in names and "model.safetensors" in names
+    assert not [n for n in names if n in ("training_args.bin", "optimizer.pt", "rng_state.pth")]
+    card = result["card"]
+    assert card.startswith("---\n") and "library_name: transformers" in card and "pipeline_tag: text-generation" in card
+    assert "model-index:" in card and "type: perplexity" in card
+    for section in ("## Model", "## Training", "## Evaluation", "## Use", "## Limitations", "training_curves.png",
+                    "trust_remote_code=True", "| layers | 1 |", "| context | 32 tokens |"):
+        assert section in card, section
+
+
+def test_checkpoint_folders_publish_too_and_extras_are_opt_in(trained):
+    checkpoint = trained / "checkpoint-8"
+    default = {p.name for p in select_files(checkpoint)}
+    assert "model.safetensors" in default and "optimizer.pt" not in default and "rng_state.pth" not in default
+    assert "optimizer.pt" in {p.name for p in select_files(checkpoint, include=["optimizer.pt"])}
+    assert "## Model" in model_card(checkpoint, "me/tiny")
+
+
+@pytest.mark.parametrize("args, env_token, message", [
+    (["me/tiny"], None, "no Hugging Face token"),
+    (["not a repo id!"], TOKEN, "invalid repo id 'not a repo id!'"),
+    (["just-a-name"], TOKEN, "include the namespace"),
+])
+def test_clear_errors(trained, hub, tmp_path, args, env_token, message):
+    env = client_env(hub, tmp_path, **({"HF_TOKEN": env_token} if env_token else {}))
+    result = subprocess.run([sys.executable, str(REPO / "push_to_hub.py"), str(trained), *args], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not hub.repos
+
+
+def test_not_a_model_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a trained model folder"):
+        push_folder(tmp_path, "me/tiny", token=TOKEN)
+
+
+def test_network_failure_after_retries(trained, tmp_path, monkeypatch):
+    monkeypatch.setattr("scratchgpt.hub.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(ConnectionError, match="could not upload to me/tiny after 3 attempts"):
+        push_folder(trained, "me/tiny", token=TOKEN)
