@@ -1,0 +1,211 @@
+"""CPU benchmark suite: ScratchGPT against transformers' GPT2LMHeadModel, measured side by side in one process.
+
+    python bench/run.py            # the full CPU set (~10 minutes on 2 cores)
+    python bench/run.py --quick    # fewer repetitions and sizes (~2 minutes)
+
+Every comparison alternates ours and the reference, repeats, and reports medians and the ratio ours/reference.
+Both models get the same sizes, weights (the reference is built with ``to_gpt2``, so the work is identical),
+activation, batch, sequence length, precision and attention implementation (sdpa). Writes bench/results.json and
+the "CPU suite" section of BENCHMARKS.md.
+
+Model FLOPs per token follow the PaLM / nanoGPT convention, 6N + 12·L·d·T (forward + backward, attention scores
+included; L layers, d hidden size, T sequence length), with N = the parameters that take part in matrix
+multiplications: everything but the position embedding and, for an untied model, the token embedding (a lookup,
+not a matmul; nanoGPT's tied model counts that matrix once, as the head). Model FLOP
+utilisation (MFU) divides FLOPs per token x tokens/s by the matmul throughput measured on this machine in the same
+run (float32 and bf16 square matmuls), not by a datasheet number.
+"""
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scratchgpt import ScratchGPTConfig, ScratchGPTForCausalLM  # noqa: E402
+from scratchgpt.modeling.convert import to_gpt2  # noqa: E402
+
+
+HERE = Path(__file__).resolve().parent
+VOCAB = 8192
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bf16_supported() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def matmul_tflops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e12
+
+
+def flops_per_token(config: ScratchGPTConfig, seq_len: int) -> float:
+    with torch.device("meta"):
+        n = ScratchGPTForCausalLM(config).num_parameters() - config.n_positions * config.n_embd
+    if not config.tie_word_embeddings:
+        n -= config.vocab_size * config.n_embd
+    return 6 * n + 12 * config.n_layer * config.n_embd * seq_len
+
+
+def alternate(functions: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each function, calling them in turn so machine drift hits all equally."""
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def training_step(model, optimizer, batch, autocast: bool):
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def bench_training(preset: str, batch: int, seq_len: int, precision: str, repeats: int) -> dict:
+    torch.manual_seed(0)
+    config = ScratchGPTConfig.from_preset(preset, vocab_size=VOCAB, n_positions=seq_len, resid_pdrop=0.0,
+                                          embd_pdrop=0.0, attn_pdrop=0.0)
+    ours = ScratchGPTForCausalLM(config).train()
+    reference = to_gpt2(ours).train()
+    data = torch.randint(0, VOCAB, (batch, seq_len))
+    steps = {}
+    for name, model in (("ours", ours), ("reference", reference)):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        steps[name] = training_step(model, optimizer, data, autocast=precision == "bf16")
+        for _ in range(2):  # warm-up
+            steps[name]()
+    seconds = alternate(steps, repeats)
+    tokens = batch * seq_len
+    return {"preset": preset, "precision": precision, "batch": batch, "seq_len": seq_len,
+            "ours_tokens_per_s": tokens / seconds["ours"], "reference_tokens_per_s": tokens / seconds["reference"],
+            "ratio": seconds["reference"] / seconds["ours"], "flops_per_token": flops_per_token(config, seq_len)}
+
+
+@torch.no_grad()
+def bench_generation(preset: str, new_tokens: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    config = ScratchGPTConfig.from_preset(preset, vocab_size=VOCAB, n_positions=512)
+    ours = ScratchGPTForCausalLM(config).eval()
+    reference = to_gpt2(ours).eval()
+    prompt = torch.randint(0, VOCAB, (1, 16))
+    settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    seconds = alternate({
+        "ours": lambda: ours.generate(prompt, **settings),
+        "reference": lambda: reference.generate(prompt, **settings),
+        "ours_no_cache": lambda: ours.generate(prompt, use_cache=False, **settings),
+    }, repeats)
+    return {"preset": preset, "new_tokens": new_tokens,
+            **{f"{name}_tokens_per_s": new_tokens / value for name, value in seconds.items()},
+            "ratio_vs_reference": seconds["reference"] / seconds["ours"],
+            "cache_speedup": seconds["ours_no_cache"] / seconds["ours"]}
+
+
+def write_markdown(results: dict, command: str) -> str:
+    machine = results["machine"]
+    lines = [
+        "## CPU suite: training step, generation (ours vs transformers' GPT2LMHeadModel)", "",
+        "```bash", command, "```", "",
+        f"Machine: {machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, transformers "
+        f"{machine['transformers']}. Measured matmul throughput: {machine['matmul_tflops_fp32']:.3f} TFLOP/s float32"
+        + (f", {machine['matmul_tflops_bf16']:.3f} TFLOP/s bf16" if machine.get("matmul_tflops_bf16") else "")
+        + f". Peak RSS of the run: {results['peak_rss_mb']:.0f} MB. Vocabulary {VOCAB:,}; medians of "
+        f"{results['repeats']} alternating repetitions.", "",
+        "| preset | precision | batch x seq | ours tok/s | GPT2LMHeadModel tok/s | ratio | ours MFU | GPT2 MFU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["training"]:
+        lines.append(f"| {r['preset']} | {r['precision']} | {r['batch']} x {r['seq_len']} | "
+                     f"{r['ours_tokens_per_s']:,.0f} | {r['reference_tokens_per_s']:,.0f} | {r['ratio']:.3f} | "
+                     f"{100 * r['mfu']:.1f}% | {100 * r['reference_mfu']:.1f}% |")
+    lines += ["", "| generation | new tokens | ours tok/s | GPT2LMHeadModel tok/s | ratio | ours without cache tok/s |"
+              " cache speed-up |", "|---|---|---|---|---|---|---|"]
+    for r in results["generation"]:
+        lines.append(f"| {r['preset']} | {r['new_tokens']} | {r['ours_tokens_per_s']:,.1f} | "
+                     f"{r['reference_tokens_per_s']:,.1f} | {r['ratio_vs_reference']:.3f} | "
+                     f"{r['ours_no_cache_tokens_per_s']:,.1f} | {r['cache_speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and sizes (~2 minutes)")
+    parser.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 7
+    import transformers
+
+    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "transformers": transformers.__version__,
+               "matmul_tflops_fp32": matmul_tflops(torch.float32)}
+    try:
+        machine["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                              if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    precisions = ["fp32"]
+    if bf16_supported():
+        machine["matmul_tflops_bf16"] = matmul_tflops(torch.bfloat16)
+        precisions.append("bf16")
+    print(json.dumps(machine))
+
+    shapes = [("small", 8, 256)] if args.quick else [("small", 8, 256), ("medium", 4, 512)]
+    training = []
+    for preset, batch, seq_len in shapes:
+        for precision in precisions:
+            result = bench_training(preset, batch, seq_len, precision, repeats)
+            peak = machine["matmul_tflops_bf16" if precision == "bf16" else "matmul_tflops_fp32"] * 1e12
+            result["mfu"] = result["flops_per_token"] * result["ours_tokens_per_s"] / peak
+            result["reference_mfu"] = result["flops_per_token"] * result["reference_tokens_per_s"] / peak
+            training.append(result)
+            print(json.dumps(result))
+    generation = [bench_generation("small", 64 if args.quick else 256, 3 if args.quick else 5)]
+    print(json.dumps(generation))
+
+    results = {"machine": machine, "repeats": repeats, "training": training, "generation": generation,
+               "peak_rss_mb": peak_rss_mb(), "quick": args.quick}
+    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if not args.no_markdown:
+        command = "python bench/run.py" + (" --quick" if args.quick else "")
+        section = write_markdown(results, command)
+        benchmarks = HERE.parent / "BENCHMARKS.md"
+        text = benchmarks.read_text()
+        start, end = "<!-- cpu-suite:start -->", "<!-- cpu-suite:end -->"
+        block = f"{start}\n{section}{end}"
+        if start in text:
+            text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        benchmarks.write_text(text)
+    print(write_markdown(results, "python bench/run.py"))
+
+
+if __name__ == "__main__":
+    main()
