@@ -1,0 +1,35 @@
+"""The benchmark scripts' conventions (the runs themselves are too long for the test suite)."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from scratchgpt import ScratchGPTConfig
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flops_per_token_counts_matmul_parameters_only():
+    run, gpu = load("run"), load("gpu")
+    config = ScratchGPTConfig.from_preset("gpt2_small", vocab_size=32000)
+    blocks = 12 * (3 * 768 * 768 + 3 * 768 + 768 * 768 + 768 + 2 * 768 * 3072 + 3072 + 768 + 4 * 768)
+    head = 32000 * 768
+    expected = 6 * (blocks + 2 * 768 + head) + 12 * 12 * 768 * 512  # blocks, final LayerNorm, head; attention
+    assert run.flops_per_token(config, 512) == expected
+    # the GPU script's closed form leaves out biases and LayerNorms: within 0.2%
+    assert abs(gpu.flops_per_token(config, 512) / expected - 1) < 2e-3
+
+
+def test_gpu_peak_table_and_matmul_probe():
+    gpu, run = load("gpu"), load("run")
+    assert gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989 and gpu.peak_tflops("NVIDIA A100-SXM4-40GB") == 312
+    assert gpu.peak_tflops("NVIDIA H200") == 989 and gpu.peak_tflops("Tesla T4") is None
+    assert run.matmul_tflops(torch.float32, size=128, repeats=2) > 0
