@@ -29,7 +29,7 @@ from .generation import chat_reply, generate_text
 from .modeling import ScratchGPTForCausalLM
 from .modeling.convert import convert_legacy_checkpoint, from_gpt2, to_gpt2
 from .staging import refuse_existing, staged_output
-from .tokenization import bytes_per_token, hold_out, train_bpe_tokenizer, train_char_tokenizer
+from .tokenization import bytes_per_token, hold_out, train_tokenizer
 
 
 __all__ = ["main", "save_model_folder"]
@@ -43,11 +43,11 @@ def save_model_folder(model: PreTrainedModel, dst: str, tokenizer: PreTrainedTok
             tokenizer.save_pretrained(staging)
 
 
-def _require_model_folder(src: str, model_type: str) -> None:
-    """Fail early, in one line, unless ``src`` is a local model folder of the given ``model_type``."""
+def _require_model_folder(src: str, model_type: str | None = None) -> None:
+    """Fail early, in one line, unless ``src`` is a local model folder (of ``model_type``, when given)."""
     if not (Path(src) / "config.json").is_file():
         raise FileNotFoundError(f"{src}: not a model folder (no config.json)")
-    found = AutoConfig.from_pretrained(src, trust_remote_code=False).model_type
+    found = AutoConfig.from_pretrained(src, trust_remote_code=False).model_type if model_type else None
     if found != model_type:
         raise ValueError(f"{src}: holds a {found!r} model, expected {model_type!r}")
 
@@ -75,11 +75,7 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
     resolve_inputs(args.input)  # missing or unsupported inputs fail before any work
     refuse_existing(args.output)
     texts, held_out = hold_out(iter_texts(iter_documents(args.input)))
-    if args.type == "bpe":
-        tokenizer = train_bpe_tokenizer(texts, vocab_size=args.vocab_size or 32000,
-                                        min_frequency=args.min_frequency or 2)
-    else:
-        tokenizer = train_char_tokenizer(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency or 1)
+    tokenizer = train_tokenizer(texts, args.type, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
     with staged_output(args.output) as staging:
         tokenizer.save_pretrained(staging)
     compression = f"{bytes_per_token(tokenizer, held_out):.2f} bytes/token" if held_out else "n/a (input too small)"
@@ -117,8 +113,8 @@ def _prepare(args: argparse.Namespace) -> None:
 
 def _load_model(path: str):
     """A causal LM and its tokenizer from a local folder (or a Hub id when online), ready for inference."""
-    if Path(path).exists() and not (Path(path) / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a model folder (no config.json)")
+    if Path(path).exists():
+        _require_model_folder(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     return model, AutoTokenizer.from_pretrained(path)
 

@@ -10,6 +10,7 @@ from .trainers import (
     hold_out,
     train_bpe_tokenizer,
     train_char_tokenizer,
+    train_tokenizer,
 )
 
 
@@ -23,4 +24,5 @@ __all__ = [
     "load_legacy_tokenizer",
     "train_bpe_tokenizer",
     "train_char_tokenizer",
+    "train_tokenizer",
 ]

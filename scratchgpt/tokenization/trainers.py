@@ -20,6 +20,7 @@ __all__ = [
     "CHAT_TEMPLATE",
     "train_bpe_tokenizer",
     "train_char_tokenizer",
+    "train_tokenizer",
     "character_tokenizer",
     "generation_eos_token_ids",
     "hold_out",
@@ -162,6 +163,17 @@ def train_char_tokenizer(
         kept = kept[: vocab_size - len(specials)]
     vocab = {token: i for i, token in enumerate(specials + sorted(kept))}
     return _wrap(character_tokenizer(vocab, unk_token=UNK_TOKEN), unk_token=UNK_TOKEN)
+
+
+def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int | None = None,
+                    min_frequency: int | None = None) -> PreTrainedTokenizerFast:
+    """``train_bpe_tokenizer`` (default vocab 32,000, min_frequency 2) or ``train_char_tokenizer`` (no size bound,
+    min_frequency 1) by ``kind``; the one entry point the CLI and train.py share."""
+    if kind == "bpe":
+        return train_bpe_tokenizer(texts, vocab_size=vocab_size or 32000, min_frequency=min_frequency or 2)
+    if kind == "char":
+        return train_char_tokenizer(texts, vocab_size=vocab_size, min_frequency=min_frequency or 1)
+    raise ValueError(f"tokenizer type must be 'bpe' or 'char', got {kind!r}")
 
 
 def generation_eos_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:

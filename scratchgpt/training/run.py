@@ -19,7 +19,7 @@ from ..data.prepare import collate_blocks, prepare_dataset, read_metadata
 from ..data.sources import iter_documents, iter_texts
 from ..metrics import metric_path
 from ..modeling import ScratchGPTConfig, ScratchGPTForCausalLM
-from ..tokenization import generation_eos_token_ids, train_bpe_tokenizer, train_char_tokenizer
+from ..tokenization import generation_eos_token_ids, train_tokenizer
 from .arguments import DataArguments, ModelArguments, RunArguments, parse_args, parse_duration
 from .callbacks import GracefulStopCallback, MirrorCallback, SampleGenerationCallback, generate_samples
 from .checkpoints import latest_complete_checkpoint, list_checkpoints
@@ -65,12 +65,7 @@ def load_or_train_tokenizer(data_args: DataArguments, path: Path):
         return tokenizer
     logger.info("no tokenizer at %s: training a %s tokenizer from the inputs", path, data_args.tokenizer_type)
     texts = iter_texts(iter_documents(data_args.inputs, data_args.text_documents))
-    if data_args.tokenizer_type == "bpe":
-        tokenizer = train_bpe_tokenizer(texts, vocab_size=data_args.vocab_size)
-    elif data_args.tokenizer_type == "char":
-        tokenizer = train_char_tokenizer(texts, vocab_size=data_args.vocab_size)
-    else:
-        raise ValueError(f"tokenizer_type must be 'bpe' or 'char', got {data_args.tokenizer_type!r}")
+    tokenizer = train_tokenizer(texts, data_args.tokenizer_type, vocab_size=data_args.vocab_size)
     tokenizer.save_pretrained(path)
     return tokenizer
 
