@@ -187,7 +187,8 @@ def _add_sampling_options(command: argparse.ArgumentParser, max_new_tokens: int)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scratchgpt", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="scratchgpt", description="Train tokenizers, prepare data, convert, "
+                                     "generate with, chat with and evaluate ScratchGPT models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser("convert", help="convert model folders: ScratchGPT <-> GPT-2, legacy -> ScratchGPT")
