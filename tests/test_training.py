@@ -295,3 +295,16 @@ def test_accelerate_configs_say_when_to_use_them(config):
     text = config.read_text()
     assert text.startswith("# Use ")
     assert yaml.safe_load(text)["distributed_type"] in ("MULTI_GPU", "FSDP")
+
+
+def test_sample_generation_is_skipped_when_parameters_are_sharded(monkeypatch):
+    from types import SimpleNamespace
+
+    from scratchgpt.training.callbacks import parameters_are_sharded
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert not parameters_are_sharded(SimpleNamespace(fsdp=[], deepspeed=None))
+    assert parameters_are_sharded(SimpleNamespace(fsdp=["full_shard"], deepspeed=None))
+    assert parameters_are_sharded(SimpleNamespace(fsdp=[], deepspeed="ds_config.json"))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with an FSDP config sets
+    assert parameters_are_sharded(SimpleNamespace(fsdp=[], deepspeed=None))

@@ -2,6 +2,7 @@
 checkpoints, and log sample generations at each evaluation."""
 
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -14,7 +15,8 @@ from ..generation import chat_reply, generate_text
 from .checkpoints import list_checkpoints, mirror_checkpoint
 
 
-__all__ = ["GracefulStopCallback", "MirrorCallback", "SampleGenerationCallback", "generate_samples"]
+__all__ = ["GracefulStopCallback", "MirrorCallback", "SampleGenerationCallback", "generate_samples",
+           "parameters_are_sharded"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +77,20 @@ class MirrorCallback(TrainerCallback):
             logger.info("mirrored %s to %s", newest.name, self.mirror_dir)
 
 
+def parameters_are_sharded(args) -> bool:
+    """FSDP or DeepSpeed: a forward pass needs every rank, so the main process cannot generate on its own."""
+    return bool(args.fsdp) or bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+
+
 class SampleGenerationCallback(TrainerCallback):
-    """After each evaluation, generate from fixed prompts and write the replies to the log (main process only)."""
+    """After each evaluation, generate from fixed prompts and write the replies to the log (main process only;
+    skipped when parameters are sharded across processes)."""
 
     def __init__(self, tokenizer, prompts: list[str], max_new_tokens: int = 40):
         self.tokenizer, self.prompts, self.max_new_tokens = tokenizer, prompts, max_new_tokens
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
-        if not state.is_world_process_zero or model is None or not self.prompts:
+        if not state.is_world_process_zero or model is None or not self.prompts or parameters_are_sharded(args):
             return
         for prompt, reply in zip(self.prompts, generate_samples(model, self.tokenizer, self.prompts,
                                                                  self.max_new_tokens)):

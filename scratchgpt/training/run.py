@@ -21,7 +21,13 @@ from ..metrics import metric_path
 from ..modeling import ScratchGPTConfig, ScratchGPTForCausalLM
 from ..tokenization import generation_eos_token_ids, train_tokenizer
 from .arguments import DataArguments, ModelArguments, RunArguments, parse_args, parse_duration
-from .callbacks import GracefulStopCallback, MirrorCallback, SampleGenerationCallback, generate_samples
+from .callbacks import (
+    GracefulStopCallback,
+    MirrorCallback,
+    SampleGenerationCallback,
+    generate_samples,
+    parameters_are_sharded,
+)
 from .checkpoints import latest_complete_checkpoint, list_checkpoints
 from .report import write_report
 
@@ -197,7 +203,9 @@ def main(argv: list[str]) -> dict:
     trainer.save_model(str(output_dir))  # weights, config with auto_map, model code, generation config, tokenizer
     metrics["training"] = _training_summary(training_args, data_args, block_size, read_metadata(data_path))
     if trainer.is_world_process_zero():
-        replies = generate_samples(trainer.model, tokenizer, data_args.sample_prompts, data_args.sample_max_new_tokens)
-        metrics["samples"] = [{"prompt": p, "reply": r} for p, r in zip(data_args.sample_prompts, replies)]
+        if not parameters_are_sharded(training_args):
+            replies = generate_samples(trainer.model, tokenizer, data_args.sample_prompts,
+                                       data_args.sample_max_new_tokens)
+            metrics["samples"] = [{"prompt": p, "reply": r} for p, r in zip(data_args.sample_prompts, replies)]
         write_report(output_dir, trainer.state.log_history, metrics)
     return metrics
