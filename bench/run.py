@@ -89,7 +89,7 @@ def training_step(model, optimizer, batch, autocast: bool):
     return step
 
 
-def bench_training(preset: str, batch: int, seq_len: int, precision: str, repeats: int) -> dict:
+def bench_training(preset: str, batch: int, seq_len: int, precision: str, repeats: int, compile: bool = False) -> dict:
     torch.manual_seed(0)
     config = ScratchGPTConfig.from_preset(preset, vocab_size=VOCAB, n_positions=seq_len, resid_pdrop=0.0,
                                           embd_pdrop=0.0, attn_pdrop=0.0)
@@ -99,12 +99,14 @@ def bench_training(preset: str, batch: int, seq_len: int, precision: str, repeat
     steps = {}
     for name, model in (("ours", ours), ("reference", reference)):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-        steps[name] = training_step(model, optimizer, data, autocast=precision == "bf16")
+        steps[name] = training_step(torch.compile(model) if compile else model, optimizer, data,
+                                    autocast=precision == "bf16")
         for _ in range(2):  # warm-up
             steps[name]()
     seconds = alternate(steps, repeats)
     tokens = batch * seq_len
-    return {"preset": preset, "precision": precision, "batch": batch, "seq_len": seq_len,
+    return {"preset": preset, "precision": precision + (" compiled" if compile else ""), "batch": batch,
+            "seq_len": seq_len,
             "ours_tokens_per_s": tokens / seconds["ours"], "reference_tokens_per_s": tokens / seconds["reference"],
             "ratio": seconds["reference"] / seconds["ours"], "flops_per_token": flops_per_token(config, seq_len)}
 
@@ -158,6 +160,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and sizes (~2 minutes)")
     parser.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="only the training step of the small preset, both models under torch.compile")
     args = parser.parse_args()
     repeats = 3 if args.quick else 7
     import transformers
@@ -176,6 +180,10 @@ def main() -> None:
         precisions.append("bf16")
     print(json.dumps(machine))
 
+    if args.compile_only:
+        result = bench_training("small", 8, 256, "fp32", repeats, compile=True)
+        print(json.dumps(result))
+        return
     shapes = [("small", 8, 256)] if args.quick else [("small", 8, 256), ("medium", 4, 512)]
     training = []
     for preset, batch, seq_len in shapes:
