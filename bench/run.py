@@ -194,7 +194,8 @@ def main() -> None:
             result["reference_mfu"] = result["flops_per_token"] * result["reference_tokens_per_s"] / peak
             training.append(result)
             print(json.dumps(result))
-    generation = [bench_generation("small", 64 if args.quick else 256, 3 if args.quick else 5)]
+    generation = [bench_generation(preset, 64 if args.quick else 256, 3 if args.quick else 5)
+                  for preset in (["small"] if args.quick else ["small", "medium"])]
     print(json.dumps(generation))
 
     results = {"machine": machine, "repeats": repeats, "training": training, "generation": generation,
