@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .generation import context_length
 from .metrics import metric_path
 
 
@@ -48,7 +49,7 @@ def token_nll(model: PreTrainedModel, ids: torch.Tensor, block_size: int, stride
 def evaluate_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str,
                   block_size: int | None = None, stride: int | None = None, show_progress: bool = False) -> dict:
     """Perplexity, bits per byte and counts for ``text`` (see the module docstring for the windowing)."""
-    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    context = context_length(model)
     block_size = block_size or context
     if context is not None and block_size > context:
         raise ValueError(f"block_size {block_size} is larger than the model context {context}")

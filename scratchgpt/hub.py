@@ -7,6 +7,7 @@ comes from the caller, ``HF_TOKEN`` or the saved login, and is never printed or 
 
 import fnmatch
 import json
+import math
 import time
 from pathlib import Path
 
@@ -64,11 +65,7 @@ def _parameters(folder: Path) -> int | None:
             for name in handle.keys():
                 if name not in seen:
                     seen.add(name)
-                    shape = handle.get_slice(name).get_shape()
-                    count = 1
-                    for size in shape:
-                        count *= size
-                    total += count
+                    total += math.prod(handle.get_slice(name).get_shape())
     return total or None
 
 
