@@ -7,7 +7,10 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache, pipeline
 
+from transformers.loss.loss_utils import ForCausalLMLoss
+
 from scratchgpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTModel
+from scratchgpt.modeling.modeling_scratchgpt import chunked_causal_lm_loss
 
 from .testing_utils import tiny_config, tiny_tokenizer
 
@@ -143,6 +146,96 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert plain.keys() == checkpointed.keys()
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+
+
+# --- the chunked training loss ---------------------------------------------------------------------------------------
+
+
+def loss_and_gradients(loss_of, hidden, weight):
+    """loss_of(hidden, weight) -> loss; returns the loss and the gradients of both inputs."""
+    hidden, weight = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = loss_of(hidden, weight)
+    loss.backward()
+    return loss.detach(), hidden.grad, weight.grad
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 512])
+@pytest.mark.parametrize("num_items_in_batch", [None, 50])
+def test_chunked_loss_equals_transformers_causal_lm_loss(chunk_rows, num_items_in_batch):
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(3, 20, 16), torch.randn(40, 16)
+    labels = torch.randint(0, 40, (3, 20))
+    labels[0, :6] = -100  # a masked prompt
+    labels[2, 15:] = -100  # padding
+
+    def reference(h, w):
+        return ForCausalLMLoss(h @ w.T, labels, vocab_size=40, num_items_in_batch=num_items_in_batch)
+
+    def chunked(h, w):
+        return chunked_causal_lm_loss(h, w, labels, num_items_in_batch=num_items_in_batch, chunk_rows=chunk_rows)
+
+    for expected, actual in zip(loss_and_gradients(reference, hidden, weight), loss_and_gradients(chunked, hidden, weight)):
+        torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_chunked_loss_takes_shift_labels_as_given():
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(2, 9, 16), torch.randn(40, 16)
+    shift_labels = torch.randint(0, 40, (2, 9))
+    shift_labels[:, -1] = -100
+    expected = torch.nn.functional.cross_entropy((hidden @ weight.T).view(-1, 40), shift_labels.view(-1))
+    torch.testing.assert_close(chunked_causal_lm_loss(hidden, weight, shift_labels=shift_labels), expected)
+
+
+def test_chunked_loss_under_bf16_autocast_is_close_to_the_float32_loss():
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(2, 30, 32), torch.randn(64, 32) * 0.2
+    labels = torch.randint(0, 64, (2, 30))
+
+    def chunked(h, w):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return chunked_causal_lm_loss(h, w, labels, chunk_rows=16)
+
+    def reference(h, w):
+        return ForCausalLMLoss(h @ w.T, labels, vocab_size=64)
+
+    (loss, grad_hidden, grad_weight), (expected, *expected_grads) = (loss_and_gradients(chunked, hidden, weight),
+                                                                     loss_and_gradients(reference, hidden, weight))
+    assert grad_hidden.dtype == torch.float32 and grad_weight.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, atol=0.02, rtol=0.01)
+    torch.testing.assert_close(grad_hidden, expected_grads[0], atol=2e-3, rtol=0.05)
+    torch.testing.assert_close(grad_weight, expected_grads[1], atol=2e-3, rtol=0.05)
+
+
+def test_training_forward_with_labels_skips_logits_and_keeps_loss_and_gradients():
+    ids = random_ids()
+    labels = ids.clone()
+    labels[:, :4] = -100
+
+    def run(skip_logits):
+        torch.manual_seed(0)
+        model = ScratchGPTForCausalLM(tiny_config(tie_word_embeddings=True)).train()
+        out = model(ids, labels=labels, skip_logits=skip_logits)
+        out.loss.backward()
+        return out, {name: p.grad for name, p in model.named_parameters()}
+
+    (skipped, skipped_grads), (full, full_grads) = run(None), run(False)
+    assert skipped.logits is None and full.logits.shape == (2, 12, 300)
+    torch.testing.assert_close(skipped.loss, full.loss)
+    for name in full_grads:
+        torch.testing.assert_close(skipped_grads[name], full_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_logits_are_kept_in_eval_mode_and_without_labels():
+    model = tiny_model()
+    ids = random_ids()
+    assert model(ids, labels=ids).logits.shape == (2, 12, 300)  # eval: metrics look at the logits
+    model.train()
+    assert model(ids).logits.shape == (2, 12, 300)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, labels=ids).loss, model(ids, labels=ids, skip_logits=False).loss)
+    with pytest.raises(ValueError, match="skip_logits=True .* needs labels"):
+        model(ids, skip_logits=True)
 
 
 # --- generation --------------------------------------------------------------------------------------------------------
