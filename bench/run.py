@@ -4,16 +4,18 @@
     python bench/run.py --quick    # fewer repetitions and sizes (~2 minutes)
 
 Every comparison alternates ours and the reference, repeats, and reports medians and the ratio ours/reference.
-Both models get the same sizes, weights (the reference is built with ``to_gpt2``, so the work is identical),
-activation, batch, sequence length, precision and attention implementation (sdpa). Writes bench/results.json and
-the "CPU suite" section of BENCHMARKS.md.
+Both models get the same sizes, weights (the reference is built with ``to_gpt2``), activation, batch, sequence
+length, precision and attention implementation (sdpa), and run the same matrix multiplications; ours computes the
+training loss as train.py does, chunk by chunk from the hidden states without (B, T, V) logits (its default in
+training mode with labels). Writes bench/results.json and the "CPU suite" section of BENCHMARKS.md.
 
 Model FLOPs per token follow the PaLM / nanoGPT convention, 6N + 12·L·d·T (forward + backward, attention scores
 included; L layers, d hidden size, T sequence length), with N = the parameters that take part in matrix
 multiplications: everything but the position embedding and, for an untied model, the token embedding (a lookup,
 not a matmul; nanoGPT's tied model counts that matrix once, as the head). Model FLOP
 utilisation (MFU) divides FLOPs per token x tokens/s by the matmul throughput measured on this machine in the same
-run (float32 and bf16 square matmuls), not by a datasheet number.
+run (the fastest of repeated float32 and bf16 square matmuls, probed before and after the training runs), not by
+a datasheet number.
 """
 
 import argparse
@@ -49,6 +51,7 @@ def bf16_supported() -> bool:
 
 
 def matmul_tflops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """The machine's matmul throughput: the best of ``repeats`` square matmuls (a peak, so the fastest)."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(3):
         a @ b
@@ -57,7 +60,7 @@ def matmul_tflops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> fl
         start = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e12
+    return 2 * size**3 / min(times) / 1e12
 
 
 def flops_per_token(config: ScratchGPTConfig, seq_len: int) -> float:
@@ -89,6 +92,24 @@ def training_step(model, optimizer, batch, autocast: bool):
     return step
 
 
+def saved_for_backward_mb(model, batch: torch.Tensor) -> float:
+    """Megabytes of activations one training forward keeps for the backward pass (parameters excluded), counted
+    through autograd's saved-tensor hooks: a deterministic measure of the activation memory of a step."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(input_ids=batch, labels=batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(storages.values()) / 2**20
+
+
 def bench_training(preset: str, batch: int, seq_len: int, precision: str, repeats: int, compile: bool = False) -> dict:
     torch.manual_seed(0)
     config = ScratchGPTConfig.from_preset(preset, vocab_size=VOCAB, n_positions=seq_len, resid_pdrop=0.0,
@@ -105,10 +126,44 @@ def bench_training(preset: str, batch: int, seq_len: int, precision: str, repeat
             steps[name]()
     seconds = alternate(steps, repeats)
     tokens = batch * seq_len
+    saved = {}
+    if not compile:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            saved = {"ours_saved_mb": saved_for_backward_mb(ours, data),
+                     "reference_saved_mb": saved_for_backward_mb(reference, data)}
     return {"preset": preset, "precision": precision + (" compiled" if compile else ""), "batch": batch,
             "seq_len": seq_len,
             "ours_tokens_per_s": tokens / seconds["ours"], "reference_tokens_per_s": tokens / seconds["reference"],
-            "ratio": seconds["reference"] / seconds["ours"], "flops_per_token": flops_per_token(config, seq_len)}
+            "ratio": seconds["reference"] / seconds["ours"], "flops_per_token": flops_per_token(config, seq_len),
+            **saved}
+
+
+@torch.no_grad()
+def read_bandwidth_gb_per_s(megabytes: int = 256, repeats: int = 5) -> float:
+    """Memory read bandwidth: summing a tensor far larger than the caches."""
+    data = torch.ones(megabytes * 2**20 // 4)
+    data.sum()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        times.append(time.perf_counter() - start)
+    return data.numel() * 4 / statistics.median(times) / 1e9
+
+
+@torch.no_grad()
+def matrix_vector_seconds(model, steps: int = 64) -> float:
+    """Seconds per decoding step spent in the model's Linear layers alone: each applied to one token, in model
+    order, as a cached step does (by the time a layer comes round again its weights have left the caches)."""
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    inputs = {linear.in_features: torch.randn(1, 1, linear.in_features) for linear in linears}
+    for linear in linears:
+        linear(inputs[linear.in_features])
+    start = time.perf_counter()
+    for _ in range(steps):
+        for linear in linears:
+            linear(inputs[linear.in_features])
+    return (time.perf_counter() - start) / steps
 
 
 @torch.no_grad()
@@ -124,10 +179,14 @@ def bench_generation(preset: str, new_tokens: int, repeats: int) -> dict:
         "reference": lambda: reference.generate(prompt, **settings),
         "ours_no_cache": lambda: ours.generate(prompt, use_cache=False, **settings),
     }, repeats)
+    weight_bytes = sum(m.weight.numel() * 4 for m in ours.modules() if isinstance(m, torch.nn.Linear))
     return {"preset": preset, "new_tokens": new_tokens,
             **{f"{name}_tokens_per_s": new_tokens / value for name, value in seconds.items()},
             "ratio_vs_reference": seconds["reference"] / seconds["ours"],
-            "cache_speedup": seconds["ours_no_cache"] / seconds["ours"]}
+            "cache_speedup": seconds["ours_no_cache"] / seconds["ours"],
+            # what a cached step is made of: reading every weight once for one token
+            "cached_step_ms": 1e3 * seconds["ours"] / new_tokens,
+            "matrix_vector_ms": 1e3 * matrix_vector_seconds(ours), "linear_weights_mb": weight_bytes / 1e6}
 
 
 def write_markdown(results: dict, command: str) -> str:
@@ -138,21 +197,30 @@ def write_markdown(results: dict, command: str) -> str:
         f"Machine: {machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, transformers "
         f"{machine['transformers']}. Measured matmul throughput: {machine['matmul_tflops_fp32']:.3f} TFLOP/s float32"
         + (f", {machine['matmul_tflops_bf16']:.3f} TFLOP/s bf16" if machine.get("matmul_tflops_bf16") else "")
-        + f". Peak RSS of the run: {results['peak_rss_mb']:.0f} MB. Vocabulary {VOCAB:,}; medians of "
-        f"{results['repeats']} alternating repetitions.", "",
-        "| preset | precision | batch x seq | ours tok/s | GPT2LMHeadModel tok/s | ratio | ours MFU | GPT2 MFU |",
-        "|---|---|---|---|---|---|---|---|",
+        + f"; memory read bandwidth {machine['read_gb_per_s']:.1f} GB/s. Peak RSS of the run: "
+        f"{results['peak_rss_mb']:.0f} MB. Vocabulary {VOCAB:,}; medians of {results['repeats']} alternating "
+        "repetitions. Saved for backward: the activations one training forward keeps for the backward pass "
+        "(parameters excluded).", "",
+        "| preset | precision | batch x seq | ours tok/s | GPT2LMHeadModel tok/s | ratio | ours MFU | GPT2 MFU |"
+        " saved for backward, ours / GPT2 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["training"]:
         lines.append(f"| {r['preset']} | {r['precision']} | {r['batch']} x {r['seq_len']} | "
                      f"{r['ours_tokens_per_s']:,.0f} | {r['reference_tokens_per_s']:,.0f} | {r['ratio']:.3f} | "
-                     f"{100 * r['mfu']:.1f}% | {100 * r['reference_mfu']:.1f}% |")
+                     f"{100 * r['mfu']:.1f}% | {100 * r['reference_mfu']:.1f}% | "
+                     f"{r['ours_saved_mb']:,.0f} / {r['reference_saved_mb']:,.0f} MB |")
     lines += ["", "| generation | new tokens | ours tok/s | GPT2LMHeadModel tok/s | ratio | ours without cache tok/s |"
               " cache speed-up |", "|---|---|---|---|---|---|---|"]
     for r in results["generation"]:
         lines.append(f"| {r['preset']} | {r['new_tokens']} | {r['ours_tokens_per_s']:,.1f} | "
                      f"{r['reference_tokens_per_s']:,.1f} | {r['ratio_vs_reference']:.3f} | "
                      f"{r['ours_no_cache_tokens_per_s']:,.1f} | {r['cache_speedup']:.2f}x |")
+    lines += ["", "| cached decoding step | ms per token | of which Linear layers alone | Linear weights read |"
+              " their effective read rate |", "|---|---|---|---|---|"]
+    for r in results["generation"]:
+        lines.append(f"| {r['preset']} | {r['cached_step_ms']:.2f} | {r['matrix_vector_ms']:.2f} ms | "
+                     f"{r['linear_weights_mb']:.1f} MB | {r['linear_weights_mb'] / r['matrix_vector_ms']:.1f} GB/s |")
     return "\n".join(lines) + "\n"
 
 
@@ -168,7 +236,7 @@ def main() -> None:
 
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "transformers": transformers.__version__,
-               "matmul_tflops_fp32": matmul_tflops(torch.float32)}
+               "matmul_tflops_fp32": matmul_tflops(torch.float32), "read_gb_per_s": read_bandwidth_gb_per_s()}
     try:
         machine["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                               if line.startswith("model name"))
@@ -188,12 +256,16 @@ def main() -> None:
     training = []
     for preset, batch, seq_len in shapes:
         for precision in precisions:
-            result = bench_training(preset, batch, seq_len, precision, repeats)
-            peak = machine["matmul_tflops_bf16" if precision == "bf16" else "matmul_tflops_fp32"] * 1e12
-            result["mfu"] = result["flops_per_token"] * result["ours_tokens_per_s"] / peak
-            result["reference_mfu"] = result["flops_per_token"] * result["reference_tokens_per_s"] / peak
-            training.append(result)
-            print(json.dumps(result))
+            training.append(bench_training(preset, batch, seq_len, precision, repeats))
+            print(json.dumps(training[-1]))
+    # the machine's speed drifts on a shared host: probe the matmul peak again after the runs and keep the higher
+    for precision, key in (("fp32", "matmul_tflops_fp32"), ("bf16", "matmul_tflops_bf16")):
+        if key in machine:
+            machine[key] = max(machine[key], matmul_tflops(torch.float32 if precision == "fp32" else torch.bfloat16))
+    for result in training:
+        peak = machine["matmul_tflops_bf16" if result["precision"] == "bf16" else "matmul_tflops_fp32"] * 1e12
+        result["mfu"] = result["flops_per_token"] * result["ours_tokens_per_s"] / peak
+        result["reference_mfu"] = result["flops_per_token"] * result["reference_tokens_per_s"] / peak
     generation = [bench_generation(preset, 64 if args.quick else 256, 3 if args.quick else 5)
                   for preset in (["small"] if args.quick else ["small", "medium"])]
     print(json.dumps(generation))
