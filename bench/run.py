@@ -3,7 +3,8 @@
     python bench/run.py            # the full CPU set (~10 minutes on 2 cores)
     python bench/run.py --quick    # fewer repetitions and sizes (~2 minutes)
 
-Every comparison alternates ours and the reference, repeats, and reports medians and the ratio ours/reference.
+Every comparison alternates ours and the reference, repeats, and reports medians, and the ratio ours/reference as
+the median of the per-repetition ratios (each pair ran back to back).
 Both models get the same sizes, weights (the reference is built with ``to_gpt2``), activation, batch, sequence
 length, precision and attention implementation (sdpa), and run the same matrix multiplications; ours computes the
 training loss as train.py does, chunk by chunk from the hidden states without (B, T, V) logits (its default in
@@ -71,15 +72,23 @@ def flops_per_token(config: ScratchGPTConfig, seq_len: int) -> float:
     return 6 * n + 12 * config.n_layer * config.n_embd * seq_len
 
 
-def alternate(functions: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each function, calling them in turn so machine drift hits all equally."""
+def alternate(functions: dict, repeats: int, calls: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each function, one sample per repetition (``calls`` calls each), calling the functions
+    in turn so that drift on a shared machine hits all of them alike."""
     times = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
             start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            for _ in range(calls):
+                function()
+            times[name].append((time.perf_counter() - start) / calls)
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], slower: str, faster: str) -> float:
+    """Median over repetitions of times[slower][i] / times[faster][i]: each pair ran back to back, so a slow phase
+    of the machine cancels out instead of landing on one side."""
+    return statistics.median(a / b for a, b in zip(times[slower], times[faster]))
 
 
 def training_step(model, optimizer, batch, autocast: bool):
@@ -124,7 +133,8 @@ def bench_training(preset: str, batch: int, seq_len: int, precision: str, repeat
                                     autocast=precision == "bf16")
         for _ in range(2):  # warm-up
             steps[name]()
-    seconds = alternate(steps, repeats)
+    times = alternate(steps, repeats, calls=3)
+    seconds = {name: statistics.median(values) for name, values in times.items()}
     tokens = batch * seq_len
     saved = {}
     if not compile:
@@ -134,7 +144,7 @@ def bench_training(preset: str, batch: int, seq_len: int, precision: str, repeat
     return {"preset": preset, "precision": precision + (" compiled" if compile else ""), "batch": batch,
             "seq_len": seq_len,
             "ours_tokens_per_s": tokens / seconds["ours"], "reference_tokens_per_s": tokens / seconds["reference"],
-            "ratio": seconds["reference"] / seconds["ours"], "flops_per_token": flops_per_token(config, seq_len),
+            "ratio": paired_ratio(times, "reference", "ours"), "flops_per_token": flops_per_token(config, seq_len),
             **saved}
 
 
@@ -167,6 +177,27 @@ def matrix_vector_seconds(model, steps: int = 64) -> float:
 
 
 @torch.no_grad()
+def matrix_vector_read_rates(shapes=((768, 256), (1024, 256), (256, 1024), (8192, 256)), megabytes: int = 96) -> list[dict]:
+    """GB/s of weights read by one-token products y = x W^T with weights too many to stay in cache, for the two
+    layouts: nn.Linear's (out, in), as ScratchGPT stores them, and GPT-2 Conv1D's (in, out) through addmm."""
+    rates = []
+    for out_features, in_features in shapes:
+        count = max(4, megabytes * 2**20 // (out_features * in_features * 4))
+        weights = [torch.randn(out_features, in_features) for _ in range(count)]
+        transposed = [weight.t().contiguous() for weight in weights]
+        bias, vector = torch.zeros(out_features), torch.randn(1, in_features)
+        layouts = {
+            "linear_out_in": lambda i: torch.nn.functional.linear(vector, weights[i], bias),
+            "conv1d_in_out": lambda i: torch.addmm(bias, vector, transposed[i]),
+        }
+        times = alternate({name: lambda f=f: [f(i) for i in range(count)] for name, f in layouts.items()}, 5)
+        megabytes_read = count * out_features * in_features * 4 / 1e6
+        rates.append({"shape": [out_features, in_features],
+                      **{name: megabytes_read / statistics.median(t) / 1e3 for name, t in times.items()}})
+    return rates
+
+
+@torch.no_grad()
 def bench_generation(preset: str, new_tokens: int, repeats: int) -> dict:
     torch.manual_seed(0)
     config = ScratchGPTConfig.from_preset(preset, vocab_size=VOCAB, n_positions=512)
@@ -174,16 +205,17 @@ def bench_generation(preset: str, new_tokens: int, repeats: int) -> dict:
     reference = to_gpt2(ours).eval()
     prompt = torch.randint(0, VOCAB, (1, 16))
     settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    seconds = alternate({
+    times = alternate({
         "ours": lambda: ours.generate(prompt, **settings),
         "reference": lambda: reference.generate(prompt, **settings),
         "ours_no_cache": lambda: ours.generate(prompt, use_cache=False, **settings),
     }, repeats)
+    seconds = {name: statistics.median(values) for name, values in times.items()}
     weight_bytes = sum(m.weight.numel() * 4 for m in ours.modules() if isinstance(m, torch.nn.Linear))
     return {"preset": preset, "new_tokens": new_tokens,
             **{f"{name}_tokens_per_s": new_tokens / value for name, value in seconds.items()},
-            "ratio_vs_reference": seconds["reference"] / seconds["ours"],
-            "cache_speedup": seconds["ours_no_cache"] / seconds["ours"],
+            "ratio_vs_reference": paired_ratio(times, "reference", "ours"),
+            "cache_speedup": paired_ratio(times, "ours_no_cache", "ours"),
             # what a cached step is made of: reading every weight once for one token
             "cached_step_ms": 1e3 * seconds["ours"] / new_tokens,
             "matrix_vector_ms": 1e3 * matrix_vector_seconds(ours), "linear_weights_mb": weight_bytes / 1e6}
@@ -221,6 +253,11 @@ def write_markdown(results: dict, command: str) -> str:
     for r in results["generation"]:
         lines.append(f"| {r['preset']} | {r['cached_step_ms']:.2f} | {r['matrix_vector_ms']:.2f} ms | "
                      f"{r['linear_weights_mb']:.1f} MB | {r['linear_weights_mb'] / r['matrix_vector_ms']:.1f} GB/s |")
+    lines += ["", "| one-token product, weights out of cache: out x in | nn.Linear layout (out, in) |"
+              " GPT-2 Conv1D layout (in, out) |", "|---|---|---|"]
+    for r in machine["matrix_vector_gb_per_s"]:
+        lines.append(f"| {r['shape'][0]} x {r['shape'][1]} | {r['linear_out_in']:.1f} GB/s | "
+                     f"{r['conv1d_in_out']:.1f} GB/s |")
     return "\n".join(lines) + "\n"
 
 
@@ -269,6 +306,7 @@ def main() -> None:
     generation = [bench_generation(preset, 64 if args.quick else 256, 3 if args.quick else 5)
                   for preset in (["small"] if args.quick else ["small", "medium"])]
     print(json.dumps(generation))
+    machine["matrix_vector_gb_per_s"] = matrix_vector_read_rates()
 
     results = {"machine": machine, "repeats": repeats, "training": training, "generation": generation,
                "peak_rss_mb": peak_rss_mb(), "quick": args.quick}

@@ -51,3 +51,5 @@ def test_saved_for_backward_counts_activations_and_shows_the_logits_left_out():
     assert reference_mb - ours_mb > 0.5 * logits_mb
     assert all(p.grad is None for p in ours.parameters())  # measuring leaves no gradients behind
     assert run.matrix_vector_seconds(ours, steps=2) > 0 and run.read_bandwidth_gb_per_s(megabytes=8) > 0
+    rates = run.matrix_vector_read_rates(shapes=((64, 32),), megabytes=1)
+    assert rates[0]["shape"] == [64, 32] and rates[0]["linear_out_in"] > 0 and rates[0]["conv1d_in_out"] > 0

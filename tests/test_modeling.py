@@ -207,6 +207,18 @@ def test_chunked_loss_under_bf16_autocast_is_close_to_the_float32_loss():
     torch.testing.assert_close(grad_weight, expected_grads[1], atol=2e-3, rtol=0.05)
 
 
+def test_chunked_loss_without_grad_mode_computes_no_gradients():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    hidden, weight = torch.randn(2, 16, 8, requires_grad=True), torch.randn(40, 8, requires_grad=True)
+    labels = torch.randint(0, 40, (2, 16))
+    logits_flops = 2 * 32 * 8 * 40
+    for grad_mode, matmuls in ((True, 3), (False, 1)):  # logits; then grad of hidden and of weight
+        with torch.set_grad_enabled(grad_mode), FlopCounterMode(display=False) as counter:
+            chunked_causal_lm_loss(hidden, weight, labels, chunk_rows=8)
+        assert counter.get_total_flops() == matmuls * logits_flops
+
+
 def test_training_forward_with_labels_skips_logits_and_keeps_loss_and_gradients():
     ids = random_ids()
     labels = ids.clone()
