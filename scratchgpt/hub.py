@@ -27,9 +27,9 @@ __all__ = ["ALLOWED_FILES", "select_files", "model_card", "push_folder"]
 
 ALLOWED_FILES = [
     "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
-    "config.json", "configuration_scratchgpt.py", "modeling_scratchgpt.py", "generation_config.json",
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "vocab.json",
-    "merges.txt", "training_curves.png", "metrics.json",
+    "config.json", "configuration_scratchgpt.py", "modeling_scratchgpt.py", "loss_scratchgpt.py",
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "chat_template.jinja", "vocab.json", "merges.txt", "training_curves.png", "metrics.json",
 ]
 
 

@@ -131,7 +131,7 @@ def test_convert_legacy_gives_a_complete_hub_folder(tmp_path, fixture):
     assert main(["convert", "legacy", str(src), str(tmp_path / "hub")]) == 0
     names = {p.name for p in (tmp_path / "hub").iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "modeling_scratchgpt.py",
-            "configuration_scratchgpt.py", "tokenizer.json", "tokenizer_config.json"} <= names
+            "configuration_scratchgpt.py", "loss_scratchgpt.py", "tokenizer.json", "tokenizer_config.json"} <= names
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hub").eval()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hub")
     assert len(tokenizer) == model.config.vocab_size == vocab_size

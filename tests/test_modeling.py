@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCac
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from scratchgpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTModel
-from scratchgpt.modeling.modeling_scratchgpt import chunked_causal_lm_loss
+from scratchgpt.modeling.loss_scratchgpt import chunked_causal_lm_loss
 
 from .testing_utils import tiny_config, tiny_tokenizer
 
@@ -316,7 +316,9 @@ def test_remote_code_load_where_scratchgpt_is_not_importable(tmp_path):
     auto_map = AutoConfig.from_pretrained(tmp_path / "model").auto_map
     assert auto_map["AutoModelForCausalLM"] == "modeling_scratchgpt.ScratchGPTForCausalLM"
     ids = random_ids()
-    torch.save({"ids": ids, "logits": model(ids).logits}, tmp_path / "expected.pt")
+    with torch.no_grad():
+        expected = {"ids": ids, "logits": model(ids).logits, "loss": model(ids, labels=ids).loss}
+    torch.save(expected, tmp_path / "expected.pt")
 
     script = textwrap.dedent(f"""
         import sys
@@ -334,6 +336,9 @@ def test_remote_code_load_where_scratchgpt_is_not_importable(tmp_path):
         assert not type(model).__module__.startswith("scratchgpt"), type(model).__module__
         expected = torch.load({str(tmp_path / "expected.pt")!r})
         torch.testing.assert_close(model(expected["ids"]).logits, expected["logits"], atol=0, rtol=0)
+        training = model.train()(expected["ids"], labels=expected["ids"])  # the chunked loss, copied along
+        assert training.logits is None
+        torch.testing.assert_close(training.loss, expected["loss"])
         print("remote-code-ok", type(model).__module__)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,

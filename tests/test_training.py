@@ -116,7 +116,7 @@ def test_a_run_leaves_a_hub_format_folder(tmp_path):
     metrics = train(tiny_run_args(tmp_path, mirror_dir=str(tmp_path / "mirror")))
     run = tmp_path / "run"
     for name in ("model.safetensors", "config.json", "modeling_scratchgpt.py", "configuration_scratchgpt.py",
-                 "generation_config.json", "tokenizer.json", "tokenizer_config.json", "training_curves.png",
+                 "loss_scratchgpt.py", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "training_curves.png",
                  "metrics.json"):
         assert (run / name).is_file(), name
     assert (run / "tokenizer" / "tokenizer.json").is_file() and (run / "data" / "scratchgpt_data.json").is_file()

@@ -1,0 +1,108 @@
+"""The causal-LM training loss of ScratchGPT, computed from the last hidden states a chunk of tokens at a time.
+
+``ScratchGPTForCausalLM`` uses it in training mode with labels (``skip_logits``): the (B, T, V) logits, their float32
+copy and log-probabilities, and the (B, T, V) gradient never exist; the matrix multiplications are the same as
+those of logits + cross-entropy + backward.
+
+Shapes: B batch, T tokens, D hidden size, V vocabulary, N = B * T, C tokens per chunk.
+
+Copied next to the weights with ``modeling_scratchgpt.py`` by ``save_pretrained``; imports nothing but torch.
+"""
+
+import torch
+from torch import nn
+
+
+__all__ = ["chunked_causal_lm_loss", "loss_chunk_rows"]
+
+
+def loss_chunk_rows(device: torch.device, vocab_size: int) -> int:
+    """Rows of hidden states the chunked loss turns into logits at a time.
+
+    CPU: 512, a (512, V) float32 block of 16 MiB for V = 8,192 (the fastest of 64-2,048 rows for V = 8,192 and
+    of 64-512 rows for V = 32,000 on a 2-core EPYC). Accelerators: blocks of about 2**28 logits (1 GiB in
+    float32), so that each chunk's matrix multiplications stay large and the chunks few, while the memory saved is
+    still most of the logits'.
+    """
+    return 512 if device.type == "cpu" else max(512, 2**28 // vocab_size)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets`` over the rows where ``labelled`` is 1,
+    C rows at a time.
+
+    The (N, V) logits never exist at once: for each chunk the forward pass computes the (C, V) logits in float32,
+    the loss, and right away the gradient of the loss with respect to the logits (softmax minus one-hot, zero on
+    unlabelled rows), which it multiplies into the gradients of ``hidden`` and ``weight``. The backward pass only
+    scales those by the incoming gradient. The matrix multiplications are those of logits + cross-entropy +
+    backward, but each (C, V) block is written and read while it is still in cache, and no (N, V) float32 copy,
+    log-softmax or gradient is allocated. Shapes stay static (no selection of rows), so it compiles in one graph.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, labelled, chunk_rows):  # (N, D), (V, D), (N,) ids >= 0, (N,) 0/1
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        ctx.weight_dtype = weight.dtype
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if needs_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
+        device = hidden.device.type
+        if torch.is_autocast_enabled(device):  # cast once here rather than in every chunk's matmuls
+            hidden, weight = hidden.to(torch.get_autocast_dtype(device)), weight.to(torch.get_autocast_dtype(device))
+        for start in range(0, hidden.shape[0], chunk_rows):
+            rows = hidden[start : start + chunk_rows]  # (C, D)
+            chunk_targets = targets[start : start + chunk_rows, None]  # (C, 1)
+            chunk_labelled = labelled[start : start + chunk_rows, None]  # (C, 1) float32
+            logits = torch.matmul(rows, weight.t()).float()  # (C, V)
+            target_logits = logits.gather(1, chunk_targets)  # (C, 1)
+            peak = logits.amax(dim=-1, keepdim=True)  # (C, 1)
+            probs = logits.sub_(peak).exp_()  # unnormalised softmax, in place of the logits
+            normaliser = probs.sum(dim=-1, keepdim=True)  # (C, 1)
+            loss += ((normaliser.log() + peak - target_logits) * chunk_labelled).sum()  # log-sum-exp - target
+            if needs_grad:
+                # d loss / d logits = softmax - one_hot(target) on labelled rows, 0 elsewhere; (C, V)
+                grad_logits = probs.mul_(chunk_labelled / normaliser)
+                grad_logits.scatter_add_(1, chunk_targets, -chunk_labelled)
+                grad_logits = grad_logits.to(rows.dtype)
+                grad_hidden[start : start + chunk_rows] = torch.matmul(grad_logits, weight)
+                grad_weight += torch.matmul(grad_logits.t(), rows)  # (V, D), accumulated in float32
+        if needs_grad:
+            ctx.save_for_backward(grad_hidden, grad_weight.to(ctx.weight_dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
+        return grad_hidden, grad_weight * grad_loss.to(grad_weight.dtype), None, None, None
+
+
+def chunked_causal_lm_loss(
+    hidden_states: torch.Tensor,  # (B, T, D), the final hidden states
+    lm_head_weight: torch.Tensor,  # (V, D)
+    labels: torch.LongTensor | None = None,  # (B, T), unshifted; -100 is ignored
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+    shift_labels: torch.LongTensor | None = None,  # (B, T), already shifted (replaces labels)
+    chunk_rows: int | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """Next-token cross-entropy of the LM head's logits, equal to transformers' ``ForCausalLMLoss`` on
+    ``hidden_states @ lm_head_weight.T`` (mean over labelled tokens, or sum / ``num_items_in_batch``), computed
+    ``chunk_rows`` tokens at a time (default: ``loss_chunk_rows``) without ever holding the (B, T, V) logits."""
+    if chunk_rows is None:
+        chunk_rows = loss_chunk_rows(hidden_states.device, lm_head_weight.shape[0])
+    if shift_labels is None:
+        shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    shift_labels = shift_labels.reshape(-1).to(hidden_states.device)  # (B*T,)
+    labelled = shift_labels != ignore_index
+    targets = shift_labels.masked_fill(~labelled, 0)
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # (B*T, D)
+    if not torch.is_grad_enabled():  # a Function's forward cannot see the grad mode: say so by detaching
+        hidden, lm_head_weight = hidden.detach(), lm_head_weight.detach()
+    loss = _LinearCrossEntropy.apply(hidden, lm_head_weight, targets, labelled.float(), chunk_rows)
+    if num_items_in_batch is None:
+        return loss / labelled.sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
