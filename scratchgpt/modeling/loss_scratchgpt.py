@@ -19,12 +19,12 @@ __all__ = ["chunked_causal_lm_loss", "loss_chunk_rows"]
 def loss_chunk_rows(device: torch.device, vocab_size: int) -> int:
     """Rows of hidden states the chunked loss turns into logits at a time.
 
-    CPU: 512, a (512, V) float32 block of 16 MiB for V = 8,192 (the fastest of 64-2,048 rows for V = 8,192 and
-    of 64-512 rows for V = 32,000 on a 2-core EPYC). Accelerators: blocks of about 2**28 logits (1 GiB in
-    float32), so that each chunk's matrix multiplications stay large and the chunks few, while the memory saved is
-    still most of the logits'.
+    CPU: 2,048. Below about 1,024 rows the chunk's matrix multiplications lose efficiency (for D = 768,
+    V = 32,000, 512 rows were slower than no chunking); from 1,024 rows up the time is flat (``bench/loss.py``).
+    Accelerators: blocks of about 2**28 logits (1 GiB in float32), so each chunk's matrix multiplications stay
+    large and the chunks few, while the memory saved is still most of the logits'.
     """
-    return 512 if device.type == "cpu" else max(512, 2**28 // vocab_size)
+    return 2048 if device.type == "cpu" else max(2048, 2**28 // vocab_size)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
