@@ -1,12 +1,13 @@
 import math
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache, pipeline
-
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from scratchgpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTModel
@@ -248,6 +249,55 @@ def test_logits_are_kept_in_eval_mode_and_without_labels():
         torch.testing.assert_close(model(ids, labels=ids).loss, model(ids, labels=ids, skip_logits=False).loss)
     with pytest.raises(ValueError, match="skip_logits=True .* needs labels"):
         model(ids, skip_logits=True)
+
+
+FSDP2_CHECK = """
+import os, sys
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from scratchgpt import ScratchGPTConfig, ScratchGPTForCausalLM
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+for tied in (False, True):
+    torch.manual_seed(0)
+    config = ScratchGPTConfig(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=64,
+                              resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=tied)
+    model = ScratchGPTForCausalLM(config).train()
+    reference = ScratchGPTForCausalLM(config).train()
+    reference.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 300, (4, 16))
+    for block in model.model.layers:
+        fully_shard(block)
+    fully_shard(model)  # the LM head (and tied embedding) belong to the root: unsharded during its forward
+    out = model(ids[2 * rank : 2 * rank + 2], labels=ids[2 * rank : 2 * rank + 2])
+    out.loss.backward()
+    reference(ids, labels=ids, skip_logits=False).loss.backward()
+    # FSDP averages the ranks' gradients: with equal halves that is the gradient of the whole batch's mean loss
+    worst = max((p.grad.full_tensor() - q.grad).abs().max().item()
+                for p, q in zip(model.parameters(), reference.parameters()))
+    if rank == 0:
+        print(f"tied={tied} logits={out.logits} max_grad_diff={worst:.3g}", flush=True)
+dist.barrier()
+dist.destroy_process_group()
+os._exit(0)  # skip interpreter teardown, where gloo's threads sometimes abort once the work is done
+"""
+
+
+def test_chunked_loss_under_fsdp2_gives_the_single_process_gradients(tmp_path):
+    script = tmp_path / "fsdp2_check.py"
+    script.write_text(FSDP2_CHECK)
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("tied=")]
+    assert [line.split()[:2] for line in lines] == [["tied=False", "logits=None"], ["tied=True", "logits=None"]]
+    for line in lines:
+        assert float(line.split("max_grad_diff=")[1]) < 1e-6, line
 
 
 # --- generation --------------------------------------------------------------------------------------------------------
