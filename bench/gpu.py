@@ -1,12 +1,14 @@
 """GPU training throughput: the gpt2_small preset (untied, vocab 32,000) against transformers' GPT2LMHeadModel with
 identical weights, bf16 autocast, torch.compile, sdpa (flash kernels where the GPU has them), fused AdamW, at
-context 512 and 1024, each at the largest power-of-two batch that fits. One command, under 8 minutes on an
-H100/H200:
+context 512 and 1024, at power-of-two batches. One command, under 8 minutes on an H100/H200:
 
     python bench/gpu.py [--output bench/gpu_results.json] [--steps 10]
+    python bench/gpu.py --smoke --output /tmp/gpu_smoke.json    # the same control flow on a CPU, tiny sizes
 
-Reports tokens/s, model FLOP utilisation against the GPU's dense bf16 peak (table below, by device name), and peak
-memory. FLOPs per token: 6N + 12·L·d·T with N the parameters used in matmuls (see bench/run.py).
+The two models are compared at the largest batch both fit; ScratchGPT's chunked loss keeps no (B, T, V) logits,
+so when it fits a larger batch it is measured there too. Reports tokens/s, model FLOP utilisation against the
+GPU's dense bf16 peak (table below, by device name), and peak memory. FLOPs per token: 6N + 12·L·d·T with N the
+parameters used in matmuls (see bench/run.py).
 """
 
 import argparse
@@ -36,21 +38,21 @@ def flops_per_token(config: ScratchGPTConfig, seq_len: int) -> float:
     return 6 * n_matmul + 12 * config.n_layer * config.n_embd * seq_len
 
 
-def build(kind: str, seq_len: int):
+def build(kind: str, preset: str, device: str):
     torch.manual_seed(0)
-    config = ScratchGPTConfig.from_preset("gpt2_small", vocab_size=VOCAB, n_positions=1024, resid_pdrop=0.0,
+    config = ScratchGPTConfig.from_preset(preset, vocab_size=VOCAB, n_positions=1024, resid_pdrop=0.0,
                                           embd_pdrop=0.0, attn_pdrop=0.0)
     model = ScratchGPTForCausalLM(config)
     if kind == "reference":
         model = to_gpt2(model)
-    return model.cuda().train(), config
+    return model.to(device).train(), config
 
 
 def step_function(model, batch: torch.Tensor):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(batch.device.type, dtype=torch.bfloat16):
             loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         optimizer.step()
@@ -58,72 +60,107 @@ def step_function(model, batch: torch.Tensor):
     return step
 
 
-def largest_batch(kind: str, seq_len: int, start: int = 8, limit: int = 256) -> int:
-    """The largest power-of-two batch whose eager bf16 training step fits in memory."""
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def largest_batch(kind: str, preset: str, seq_len: int, device: str, start: int = 8, limit: int = 256) -> int:
+    """The largest power-of-two batch whose eager bf16 training step fits in memory (0 if none does)."""
     fits, batch = 0, start
     while batch <= limit:
-        model, _ = build(kind, seq_len)
+        model, _ = build(kind, preset, device)
         try:
-            step_function(model, torch.randint(0, VOCAB, (batch, seq_len), device="cuda"))()
-            torch.cuda.synchronize()
+            step_function(model, torch.randint(0, VOCAB, (batch, seq_len), device=device))()
+            synchronize(device)
             fits, batch = batch, batch * 2
-        except torch.cuda.OutOfMemoryError:
+        except torch.OutOfMemoryError:
             break
         finally:
             del model
-            torch.cuda.empty_cache()
+            if device == "cuda":
+                torch.cuda.empty_cache()
     return fits
 
 
-def measure(kind: str, seq_len: int, batch: int, steps: int) -> dict:
-    model, config = build(kind, seq_len)
-    compiled = torch.compile(model)
-    data = torch.randint(0, VOCAB, (batch, seq_len), device="cuda")
-    step = step_function(compiled, data)
-    torch.cuda.reset_peak_memory_stats()
-    for _ in range(3):  # compile and warm up
-        step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
+def measure(kind: str, preset: str, seq_len: int, batch: int, steps: int, device: str, compile: bool) -> dict:
+    model, config = build(kind, preset, device)
+    data = torch.randint(0, VOCAB, (batch, seq_len), device=device)
+    step = step_function(torch.compile(model) if compile else model, data)
+    result = {"model": kind, "seq_len": seq_len, "batch": batch, "flops_per_token": flops_per_token(config, seq_len)}
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        for _ in range(3):  # compile and warm up
+            step()
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    except torch.OutOfMemoryError:  # a compiled step can need more memory than the eager probe did
+        return {**result, "out_of_memory": True}
+    finally:
+        del step, model
+        if device == "cuda":
+            torch.cuda.empty_cache()
     seconds = (time.perf_counter() - start) / steps
-    tokens_per_s = batch * seq_len / seconds
-    peak = peak_tflops(torch.cuda.get_device_name())
-    result = {"model": kind, "seq_len": seq_len, "batch": batch, "tokens_per_s": tokens_per_s,
-              "step_seconds": seconds, "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30,
-              "flops_per_token": flops_per_token(config, seq_len)}
-    result["mfu"] = result["flops_per_token"] * tokens_per_s / (peak * 1e12) if peak else None
-    del compiled, model
-    torch.cuda.empty_cache()
+    result.update(tokens_per_s=batch * seq_len / seconds, step_seconds=seconds)
+    if device == "cuda":
+        result["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        peak = peak_tflops(torch.cuda.get_device_name())
+        result["mfu"] = result["flops_per_token"] * result["tokens_per_s"] / (peak * 1e12) if peak else None
     return result
+
+
+def describe(run: dict) -> str:
+    if run.get("out_of_memory"):
+        return f"{run['model']} batch {run['batch']}: out of memory"
+    mfu = f", MFU {100 * run['mfu']:.1f}%" if run.get("mfu") else ""
+    memory = f", peak memory {run['peak_memory_gb']:.1f} GB" if "peak_memory_gb" in run else ""
+    return f"{run['model']} batch {run['batch']}: {run['tokens_per_s']:,.0f} tok/s{mfu}{memory}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="bench/gpu_results.json")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--smoke", action="store_true",
+                        help="check the script itself on the CPU: tiny preset, short sequences, no compile")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench/gpu.py needs a CUDA GPU")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    device = torch.cuda.get_device_name()
-    results = {"device": device, "peak_bf16_tflops": peak_tflops(device), "torch": torch.__version__, "runs": []}
-    for seq_len in (512, 1024):
-        batch = largest_batch("ours", seq_len)
+    if args.smoke:
+        device, preset, lengths, limit, compile = "cpu", "tiny", (32, 64), 16, False
+    elif torch.cuda.is_available():
+        device, preset, lengths, limit, compile = "cuda", "gpt2_small", (512, 1024), 256, True
+        torch.backends.cuda.matmul.allow_tf32 = True
+    else:
+        sys.exit("bench/gpu.py needs a CUDA GPU (or --smoke to check the script on the CPU)")
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke test)"
+    results = {"device": name, "peak_bf16_tflops": peak_tflops(name), "torch": torch.__version__, "runs": []}
+
+    def record(run: dict) -> None:
+        results["runs"].append(run)
+        print(json.dumps(run), flush=True)
+        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+
+    for seq_len in lengths:
+        largest = {kind: largest_batch(kind, preset, seq_len, device, start=2 if args.smoke else 8, limit=limit)
+                   for kind in ("ours", "reference")}
+        # side by side at the batch both fit; then ours alone at its own largest batch, if the chunked loss's
+        # smaller memory lets it fit a larger one
+        common = min(largest.values())
         for kind in ("ours", "reference"):
-            result = measure(kind, seq_len, batch, args.steps)
-            results["runs"].append(result)
-            print(json.dumps(result), flush=True)
-            Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
-    for seq_len in (512, 1024):
-        ours, reference = (next(r for r in results["runs"] if r["model"] == k and r["seq_len"] == seq_len)
-                           for k in ("ours", "reference"))
-        mfu = f", MFU {100 * ours['mfu']:.1f}% vs {100 * reference['mfu']:.1f}%" if ours["mfu"] else ""
-        print(f"{device} T={seq_len} batch {ours['batch']}: ours {ours['tokens_per_s']:,.0f} tok/s, GPT2LMHeadModel "
-              f"{reference['tokens_per_s']:,.0f} tok/s (ratio {ours['tokens_per_s'] / reference['tokens_per_s']:.3f})"
-              f"{mfu}, peak memory {ours['peak_memory_gb']:.1f} GB")
+            run = measure(kind, preset, seq_len, common, args.steps, device, compile)
+            record({**run, "largest_batch": largest[kind]})
+        if largest["ours"] > common:
+            record({**measure("ours", preset, seq_len, largest["ours"], args.steps, device, compile),
+                    "largest_batch": largest["ours"]})
+    for seq_len in lengths:
+        runs = [run for run in results["runs"] if run["seq_len"] == seq_len]
+        ours, reference = runs[0], runs[1]
+        ratio = ("" if ours.get("out_of_memory") or reference.get("out_of_memory")
+                 else f" (ratio {ours['tokens_per_s'] / reference['tokens_per_s']:.3f})")
+        print(f"{name} T={seq_len}: " + "; ".join(describe(run) for run in runs) + ratio)
 
 
 if __name__ == "__main__":

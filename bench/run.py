@@ -177,7 +177,8 @@ def matrix_vector_seconds(model, steps: int = 64) -> float:
 
 
 @torch.no_grad()
-def matrix_vector_read_rates(shapes=((768, 256), (1024, 256), (256, 1024), (8192, 256)), megabytes: int = 96) -> list[dict]:
+def matrix_vector_read_rates(shapes=((768, 256), (1024, 256), (256, 1024), (8192, 256)),
+                             megabytes: int = 96) -> list[dict]:
     """GB/s of weights read by one-token products y = x W^T with weights too many to stay in cache, for the two
     layouts: nn.Linear's (out, in), as ScratchGPT stores them, and GPT-2 Conv1D's (in, out) through addmm."""
     rates = []

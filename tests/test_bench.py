@@ -53,3 +53,19 @@ def test_saved_for_backward_counts_activations_and_shows_the_logits_left_out():
     assert run.matrix_vector_seconds(ours, steps=2) > 0 and run.read_bandwidth_gb_per_s(megabytes=8) > 0
     rates = run.matrix_vector_read_rates(shapes=((64, 32),), megabytes=1)
     assert rates[0]["shape"] == [64, 32] and rates[0]["linear_out_in"] > 0 and rates[0]["conv1d_in_out"] > 0
+
+
+def test_gpu_script_control_flow_runs_on_the_cpu(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    output = tmp_path / "gpu.json"
+    result = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--smoke", "--steps", "1", "--output", str(output)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(output.read_text())["runs"]
+    # per length: ours and the reference at the same batch, first
+    assert [(r["model"], r["seq_len"]) for r in runs[:2]] == [("ours", 32), ("reference", 32)]
+    assert runs[0]["batch"] == runs[1]["batch"] > 0 and all(r["tokens_per_s"] > 0 for r in runs)
+    assert "T=64" in result.stdout

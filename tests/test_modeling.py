@@ -175,8 +175,9 @@ def test_chunked_loss_equals_transformers_causal_lm_loss(chunk_rows, num_items_i
     def chunked(h, w):
         return chunked_causal_lm_loss(h, w, labels, num_items_in_batch=num_items_in_batch, chunk_rows=chunk_rows)
 
-    for expected, actual in zip(loss_and_gradients(reference, hidden, weight), loss_and_gradients(chunked, hidden, weight)):
-        torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-5)
+    expected, actual = loss_and_gradients(reference, hidden, weight), loss_and_gradients(chunked, hidden, weight)
+    for expected_tensor, actual_tensor in zip(expected, actual):
+        torch.testing.assert_close(actual_tensor, expected_tensor, atol=1e-6, rtol=1e-5)
 
 
 def test_chunked_loss_takes_shift_labels_as_given():
