@@ -240,6 +240,22 @@ def test_training_forward_with_labels_skips_logits_and_keeps_loss_and_gradients(
         torch.testing.assert_close(skipped_grads[name], full_grads[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_a_replaced_lm_head_runs_its_own_forward_in_training():
+    class DoubledHead(torch.nn.Linear):  # stands for an adapter or quantised layer put in place of the head
+        def forward(self, hidden):
+            return 2 * super().forward(hidden)
+
+    model = tiny_model().train()
+    head = DoubledHead(32, 300, bias=False)
+    head.weight = model.lm_head.weight
+    model.lm_head = head
+    ids = random_ids()
+    out = model(ids, labels=ids)
+    assert out.logits is not None
+    expected = ForCausalLMLoss(2 * model.model(ids).last_hidden_state @ head.weight.T, ids, vocab_size=300)
+    torch.testing.assert_close(out.loss, expected)
+
+
 def test_logits_are_kept_in_eval_mode_and_without_labels():
     model = tiny_model()
     ids = random_ids()

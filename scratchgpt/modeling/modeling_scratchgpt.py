@@ -305,7 +305,8 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         ``skip_logits=True`` returns the loss only (``logits`` is ``None``), computed chunk by chunk from the hidden
         states so the (B, T, V) logits never exist: less memory and less time. The default, ``None``, skips them
         exactly when they are not looked at in training: in training mode with labels (as Liger-Kernel's fused
-        forward does). In eval mode, or with ``skip_logits=False``, the logits are returned as usual.
+        forward does). In eval mode, or with ``skip_logits=False``, the logits are returned as usual; so they are
+        when ``lm_head`` is no longer a plain ``nn.Linear`` (wrapped by an adapter, quantised).
         """
         has_labels = labels is not None or kwargs.get("shift_labels") is not None
         if skip_logits is None:
@@ -325,7 +326,9 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         logits = loss = None
-        if skip_logits:
+        # the chunked loss reads the head's weight directly, so only a plain Linear head may take that path; a
+        # replaced or wrapped head (adapters, quantisation) runs its own forward
+        if skip_logits and type(self.lm_head) is nn.Linear:
             loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels, **kwargs)
         else:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
