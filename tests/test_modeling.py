@@ -256,6 +256,18 @@ def test_a_replaced_lm_head_runs_its_own_forward_in_training():
     torch.testing.assert_close(out.loss, expected)
 
 
+def test_under_deepspeed_zero3_the_head_runs_its_own_forward(monkeypatch):
+    # ZeRO-3 gathers a partitioned weight only inside its module's forward, so the weight must not be read directly
+    import scratchgpt.modeling.modeling_scratchgpt as modeling
+
+    monkeypatch.setattr(modeling, "is_deepspeed_zero3_enabled", lambda: True)
+    model = tiny_model().train()
+    ids = random_ids()
+    out = model(ids, labels=ids)
+    assert out.logits is not None
+    torch.testing.assert_close(out.loss, ForCausalLMLoss(out.logits, ids, vocab_size=300))
+
+
 def test_logits_are_kept_in_eval_mode_and_without_labels():
     model = tiny_model()
     ids = random_ids()

@@ -22,6 +22,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -326,9 +327,10 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         logits = loss = None
-        # the chunked loss reads the head's weight directly, so only a plain Linear head may take that path; a
-        # replaced or wrapped head (adapters, quantisation) runs its own forward
-        if skip_logits and type(self.lm_head) is nn.Linear:
+        # the chunked loss reads the head's weight directly, so only a plain Linear head whose weight is whole may
+        # take that path; a replaced or wrapped head (adapters, quantisation), or a weight that DeepSpeed ZeRO-3
+        # gathers only inside the head's own forward, runs the head's forward
+        if skip_logits and type(self.lm_head) is nn.Linear and not is_deepspeed_zero3_enabled():
             loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels, **kwargs)
         else:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
