@@ -32,11 +32,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     C rows at a time.
 
     The (N, V) logits never exist at once: for each chunk the forward pass computes the (C, V) logits in float32,
-    the loss, and right away the gradient of the loss with respect to the logits (softmax minus one-hot, zero on
-    unlabelled rows), which it multiplies into the gradients of ``hidden`` and ``weight``. The backward pass only
-    scales those by the incoming gradient. The matrix multiplications are those of logits + cross-entropy +
-    backward, but each (C, V) block is written and read while it is still in cache, and no (N, V) float32 copy,
-    log-softmax or gradient is allocated. Shapes stay static (no selection of rows), so it compiles in one graph.
+    the loss, and in place the gradient of the loss with respect to the logits (softmax minus one-hot, zero on
+    unlabelled rows), which it multiplies into the gradients of ``hidden`` and ``weight`` right away. The backward
+    pass only scales those by the incoming gradient. The matrix multiplications are those of logits +
+    cross-entropy + backward; what goes is the (N, V) float32 copy, log-softmax, zero-filled gradient and the
+    passes over them, and memory for logits is bounded by one chunk. Shapes stay static (no selection of rows), so
+    it compiles in one graph.
     """
 
     @staticmethod
