@@ -232,7 +232,8 @@ def write_markdown(results: dict, command: str) -> str:
         + (f", {machine['matmul_tflops_bf16']:.3f} TFLOP/s bf16" if machine.get("matmul_tflops_bf16") else "")
         + f"; memory read bandwidth {machine['read_gb_per_s']:.1f} GB/s. Peak RSS of the run: "
         f"{results['peak_rss_mb']:.0f} MB. Vocabulary {VOCAB:,}; medians of {results['repeats']} alternating "
-        "repetitions. Saved for backward: the activations one training forward keeps for the backward pass "
+        "repetitions (3 training steps or one generation each); ratios are medians of the per-repetition ratios. "
+        "Saved for backward: the activations one training forward keeps for the backward pass "
         "(parameters excluded).", "",
         "| preset | precision | batch x seq | ours tok/s | GPT2LMHeadModel tok/s | ratio | ours MFU | GPT2 MFU |"
         " saved for backward, ours / GPT2 |",
