@@ -232,7 +232,8 @@ def write_markdown(results: dict, command: str) -> str:
         + (f", {machine['matmul_tflops_bf16']:.3f} TFLOP/s bf16" if machine.get("matmul_tflops_bf16") else "")
         + f"; memory read bandwidth {machine['read_gb_per_s']:.1f} GB/s. Peak RSS of the run: "
         f"{results['peak_rss_mb']:.0f} MB. Vocabulary {VOCAB:,}; medians of {results['repeats']} alternating "
-        "repetitions (3 training steps or one generation each); ratios are medians of the per-repetition ratios. "
+        f"repetitions of 3 training steps, and of {results['generation_repeats']} generations; ratios are medians "
+        "of the per-repetition ratios. "
         "Saved for backward: the activations one training forward keeps for the backward pass "
         "(parameters excluded).", "",
         "| preset | precision | batch x seq | ours tok/s | GPT2LMHeadModel tok/s | ratio | ours MFU | GPT2 MFU |"
@@ -305,12 +306,14 @@ def main() -> None:
         peak = machine["matmul_tflops_bf16" if result["precision"] == "bf16" else "matmul_tflops_fp32"] * 1e12
         result["mfu"] = result["flops_per_token"] * result["ours_tokens_per_s"] / peak
         result["reference_mfu"] = result["flops_per_token"] * result["reference_tokens_per_s"] / peak
-    generation = [bench_generation(preset, 64 if args.quick else 256, 3 if args.quick else 5)
+    generation_repeats = 3 if args.quick else 5
+    generation = [bench_generation(preset, 64 if args.quick else 256, generation_repeats)
                   for preset in (["small"] if args.quick else ["small", "medium"])]
     print(json.dumps(generation))
     machine["matrix_vector_gb_per_s"] = matrix_vector_read_rates()
 
-    results = {"machine": machine, "repeats": repeats, "training": training, "generation": generation,
+    results = {"machine": machine, "repeats": repeats, "generation_repeats": generation_repeats,
+               "training": training, "generation": generation,
                "peak_rss_mb": peak_rss_mb(), "quick": args.quick}
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     if not args.no_markdown:
