@@ -1,7 +1,7 @@
 """The LM head + loss alone: ScratchGPT's chunked loss against logits + transformers' ForCausalLMLoss, forward and
 backward, for several chunk sizes.
 
-    python bench/loss.py [--tokens 2048] [--repeats 7] [--chunks 256 512 1024 2048] [--shapes 256x8192 ...]
+    python bench/loss.py [--tokens 2048] [--repeats 7] [--chunks 256 512 1024 2048] [--shapes 256x8192 ...] [--bf16]
 
 Shapes: the small preset's head (D = 256, V = 8,192), the medium preset's (384, 8,192) and a GPT-2-small-like one
 (768, 32,000), over ``--tokens`` positions (8 x 256, as in the CPU suite). Every variant starts from the same
@@ -26,10 +26,12 @@ from scratchgpt.modeling.loss_scratchgpt import chunked_causal_lm_loss  # noqa: 
 SHAPES = [(256, 8192), (384, 8192), (768, 32000)]
 
 
-def forward_backward(loss_of, hidden, weight):
+def forward_backward(loss_of, hidden, weight, bf16: bool = False):
     def run():
         h, w = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
-        loss_of(h, w).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_of(h, w)
+        loss.backward()
     return run
 
 
@@ -41,6 +43,7 @@ def main() -> None:
                         help="chunk sizes (rows) to measure")
     parser.add_argument("--shapes", nargs="+", default=[f"{d}x{v}" for d, v in SHAPES],
                         help="head shapes as DxV")
+    parser.add_argument("--bf16", action="store_true", help="under bf16 autocast, as with --bf16 true in train.py")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -52,10 +55,11 @@ def main() -> None:
         weight = torch.randn(vocab, hidden_size) * 0.02
         labels = torch.randint(0, vocab, (1, args.tokens))
         variants = {"reference": forward_backward(
-            lambda h, w: ForCausalLMLoss(h @ w.T, labels, vocab_size=vocab), hidden, weight)}
+            lambda h, w: ForCausalLMLoss(h @ w.T, labels, vocab_size=vocab), hidden, weight, args.bf16)}
         for rows in chunks:
             variants[rows] = forward_backward(
-                lambda h, w, rows=rows: chunked_causal_lm_loss(h, w, labels, chunk_rows=rows), hidden, weight)
+                lambda h, w, rows=rows: chunked_causal_lm_loss(h, w, labels, chunk_rows=rows), hidden, weight,
+                args.bf16)
         for run in variants.values():
             run()
         times = {name: [] for name in variants}
@@ -65,7 +69,7 @@ def main() -> None:
                 run()
                 times[name].append(time.perf_counter() - start)
         medians = {name: statistics.median(values) for name, values in times.items()}
-        row = {"hidden_size": hidden_size, "vocab": vocab, "tokens": args.tokens,
+        row = {"hidden_size": hidden_size, "vocab": vocab, "tokens": args.tokens, "bf16": args.bf16,
                "reference_ms": 1e3 * medians["reference"],
                "chunked_ms": {rows: 1e3 * medians[rows] for rows in chunks}}
         results.append(row)

@@ -16,15 +16,19 @@ from torch import nn
 __all__ = ["chunked_causal_lm_loss", "loss_chunk_rows"]
 
 
-def loss_chunk_rows(device: torch.device, vocab_size: int) -> int:
+def loss_chunk_rows(device: torch.device, vocab_size: int, low_precision: bool = False) -> int:
     """Rows of hidden states the chunked loss turns into logits at a time.
 
-    CPU: 2,048. Below about 1,024 rows the chunk's matrix multiplications lose efficiency (for D = 768,
-    V = 32,000, 512 rows were slower than no chunking); from 1,024 rows up the time is flat (``bench/loss.py``).
+    CPU (``bench/loss.py``, 2-core EPYC): the elementwise passes over a chunk's float32 logits run fastest while the
+    block stays in cache, the chunk's matrix multiplications want many rows. 512 rows (a 16 MiB block at
+    V = 8,192) were fastest or level for V <= 8,192 at every D from 128 to 768, in float32 and under bf16 autocast,
+    and for V = 16,384 under bf16, where the matmuls are cheaper; for larger vocabularies 2,048 rows were fastest.
     Accelerators: blocks of about 2**28 logits (1 GiB in float32), so each chunk's matrix multiplications stay
     large and the chunks few, while the memory saved is still most of the logits'.
     """
-    return 2048 if device.type == "cpu" else max(2048, 2**28 // vocab_size)
+    if device.type != "cpu":
+        return max(2048, 2**28 // vocab_size)
+    return 512 if vocab_size <= (16384 if low_precision else 8192) else 2048
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -92,7 +96,9 @@ def chunked_causal_lm_loss(
     ``hidden_states @ lm_head_weight.T`` (mean over labelled tokens, or sum / ``num_items_in_batch``), computed
     ``chunk_rows`` tokens at a time (default: ``loss_chunk_rows``) without ever holding the (B, T, V) logits."""
     if chunk_rows is None:
-        chunk_rows = loss_chunk_rows(hidden_states.device, lm_head_weight.shape[0])
+        device = hidden_states.device
+        low_precision = torch.is_autocast_enabled(device.type) or hidden_states.dtype in (torch.bfloat16, torch.float16)
+        chunk_rows = loss_chunk_rows(device, lm_head_weight.shape[0], low_precision)
     if shift_labels is None:
         shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     shift_labels = shift_labels.reshape(-1).to(hidden_states.device)  # (B*T,)
