@@ -289,7 +289,8 @@ from scratchgpt import ScratchGPTConfig, ScratchGPTForCausalLM
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
-for tied in (False, True):
+# untied, tied, and the head wrapped as its own FSDP unit (it then becomes an FSDP class and runs its own forward)
+for tied, own_unit in ((False, False), (True, False), (False, True)):
     torch.manual_seed(0)
     config = ScratchGPTConfig(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=64,
                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=tied)
@@ -297,9 +298,11 @@ for tied in (False, True):
     reference = ScratchGPTForCausalLM(config).train()
     reference.load_state_dict(model.state_dict())
     ids = torch.randint(0, 300, (4, 16))
+    if own_unit:
+        fully_shard(model.lm_head)
     for block in model.model.layers:
         fully_shard(block)
-    fully_shard(model)  # the LM head (and tied embedding) belong to the root: unsharded during its forward
+    fully_shard(model)  # otherwise the LM head (and tied embedding) belong to the root: unsharded in its forward
     out = model(ids[2 * rank : 2 * rank + 2], labels=ids[2 * rank : 2 * rank + 2])
     out.loss.backward()
     reference(ids, labels=ids, skip_logits=False).loss.backward()
@@ -307,7 +310,8 @@ for tied in (False, True):
     worst = max((p.grad.full_tensor() - q.grad).abs().max().item()
                 for p, q in zip(model.parameters(), reference.parameters()))
     if rank == 0:
-        print(f"tied={tied} logits={out.logits} max_grad_diff={worst:.3g}", flush=True)
+        logits = None if out.logits is None else tuple(out.logits.shape)
+        print(f"tied={tied} own_unit={own_unit} logits={logits} max_grad_diff={worst:.3g}", flush=True)
 dist.barrier()
 dist.destroy_process_group()
 os._exit(0)  # skip interpreter teardown, where gloo's threads sometimes abort once the work is done
@@ -315,6 +319,7 @@ os._exit(0)  # skip interpreter teardown, where gloo's threads sometimes abort o
 
 
 def test_chunked_loss_under_fsdp2_gives_the_single_process_gradients(tmp_path):
+    # and a head sharded as its own unit (its weight whole only inside its forward) falls back to that forward
     script = tmp_path / "fsdp2_check.py"
     script.write_text(FSDP2_CHECK)
     repo = Path(__file__).resolve().parents[1]
@@ -324,7 +329,11 @@ def test_chunked_loss_under_fsdp2_gives_the_single_process_gradients(tmp_path):
         env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("tied=")]
-    assert [line.split()[:2] for line in lines] == [["tied=False", "logits=None"], ["tied=True", "logits=None"]]
+    assert [line.split("max_grad_diff")[0].split() for line in lines] == [
+        ["tied=False", "own_unit=False", "logits=None"],
+        ["tied=True", "own_unit=False", "logits=None"],
+        ["tied=False", "own_unit=True", "logits=(2,", "16,", "300)"],
+    ]
     for line in lines:
         assert float(line.split("max_grad_diff=")[1]) < 1e-6, line
 

@@ -328,8 +328,8 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         hidden_states = outputs.last_hidden_state
         logits = loss = None
         # the chunked loss reads the head's weight directly, so only a plain Linear head whose weight is whole may
-        # take that path; a replaced or wrapped head (adapters, quantisation), or a weight that DeepSpeed ZeRO-3
-        # gathers only inside the head's own forward, runs the head's forward
+        # take that path; a replaced or wrapped head (adapters, quantisation, an FSDP unit of its own, whose class
+        # FSDP changes), or a weight that DeepSpeed ZeRO-3 gathers only inside the head's forward, runs that forward
         if skip_logits and type(self.lm_head) is nn.Linear and not is_deepspeed_zero3_enabled():
             loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels, **kwargs)
         else:
