@@ -12,7 +12,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,6 +20,8 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scratchgpt.modeling.loss_scratchgpt import chunked_causal_lm_loss  # noqa: E402
+
+from run import alternate  # noqa: E402  (bench/run.py, beside this script)
 
 
 SHAPES = [(256, 8192), (384, 8192), (768, 32000)]
@@ -60,14 +61,9 @@ def main() -> None:
             variants[rows] = forward_backward(
                 lambda h, w, rows=rows: chunked_causal_lm_loss(h, w, labels, chunk_rows=rows), hidden, weight,
                 args.bf16)
-        for run in variants.values():
-            run()
-        times = {name: [] for name in variants}
-        for _ in range(args.repeats):
-            for name, run in variants.items():
-                start = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - start)
+        for variant in variants.values():
+            variant()
+        times = alternate(variants, args.repeats)
         medians = {name: statistics.median(values) for name, values in times.items()}
         row = {"hidden_size": hidden_size, "vocab": vocab, "tokens": args.tokens, "bf16": args.bf16,
                "reference_ms": 1e3 * medians["reference"],

@@ -69,3 +69,18 @@ def test_gpu_script_control_flow_runs_on_the_cpu(tmp_path):
     assert [(r["model"], r["seq_len"]) for r in runs[:2]] == [("ours", 32), ("reference", 32)]
     assert runs[0]["batch"] == runs[1]["batch"] > 0 and all(r["tokens_per_s"] > 0 for r in runs)
     assert "T=64" in result.stdout
+
+
+def test_loss_script_runs_and_records_each_chunk_size(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    output = tmp_path / "loss.json"
+    result = subprocess.run([sys.executable, str(BENCH / "loss.py"), "--shapes", "32x64", "--chunks", "8", "16",
+                             "--repeats", "1", "--tokens", "32", "--json", str(output)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [row] = json.loads(output.read_text())
+    assert (row["hidden_size"], row["vocab"], row["tokens"]) == (32, 64, 32)
+    assert set(row["chunked_ms"]) == {"8", "16"} and row["reference_ms"] > 0
