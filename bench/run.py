@@ -222,6 +222,12 @@ def bench_generation(preset: str, new_tokens: int, repeats: int) -> dict:
             "matrix_vector_ms": 1e3 * matrix_vector_seconds(ours), "linear_weights_mb": weight_bytes / 1e6}
 
 
+def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """Lines of a Markdown table: the header, its rule and one line per row of already formatted cells."""
+    rule = "|" + "---|" * len(headers)
+    return ["| " + " | ".join(headers) + " |", rule, *("| " + " | ".join(cells) + " |" for cells in rows)]
+
+
 def write_markdown(results: dict, command: str) -> str:
     machine = results["machine"]
     lines = [
@@ -236,31 +242,31 @@ def write_markdown(results: dict, command: str) -> str:
         "of the per-repetition ratios. "
         "Saved for backward: the activations one training forward keeps for the backward pass "
         "(parameters excluded).", "",
-        "| preset | precision | batch x seq | ours tok/s | GPT2LMHeadModel tok/s | ratio | ours MFU | GPT2 MFU |"
-        " saved for backward, ours / GPT2 |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results["training"]:
-        lines.append(f"| {r['preset']} | {r['precision']} | {r['batch']} x {r['seq_len']} | "
-                     f"{r['ours_tokens_per_s']:,.0f} | {r['reference_tokens_per_s']:,.0f} | {r['ratio']:.3f} | "
-                     f"{100 * r['mfu']:.1f}% | {100 * r['reference_mfu']:.1f}% | "
-                     f"{r['ours_saved_mb']:,.0f} / {r['reference_saved_mb']:,.0f} MB |")
-    lines += ["", "| generation | new tokens | ours tok/s | GPT2LMHeadModel tok/s | ratio | ours without cache tok/s |"
-              " cache speed-up |", "|---|---|---|---|---|---|---|"]
-    for r in results["generation"]:
-        lines.append(f"| {r['preset']} | {r['new_tokens']} | {r['ours_tokens_per_s']:,.1f} | "
-                     f"{r['reference_tokens_per_s']:,.1f} | {r['ratio_vs_reference']:.3f} | "
-                     f"{r['ours_no_cache_tokens_per_s']:,.1f} | {r['cache_speedup']:.2f}x |")
-    lines += ["", "| cached decoding step | ms per token | of which Linear layers alone | Linear weights read |"
-              " their effective read rate |", "|---|---|---|---|---|"]
-    for r in results["generation"]:
-        lines.append(f"| {r['preset']} | {r['cached_step_ms']:.2f} | {r['matrix_vector_ms']:.2f} ms | "
-                     f"{r['linear_weights_mb']:.1f} MB | {r['linear_weights_mb'] / r['matrix_vector_ms']:.1f} GB/s |")
-    lines += ["", "| one-token product, weights out of cache: out x in | nn.Linear layout (out, in) |"
-              " GPT-2 Conv1D layout (in, out) |", "|---|---|---|"]
-    for r in machine["matrix_vector_gb_per_s"]:
-        lines.append(f"| {r['shape'][0]} x {r['shape'][1]} | {r['linear_out_in']:.1f} GB/s | "
-                     f"{r['conv1d_in_out']:.1f} GB/s |")
+    lines += markdown_table(
+        ["preset", "precision", "batch x seq", "ours tok/s", "GPT2LMHeadModel tok/s", "ratio", "ours MFU", "GPT2 MFU",
+         "saved for backward, ours / GPT2"],
+        [[r["preset"], r["precision"], f"{r['batch']} x {r['seq_len']}", f"{r['ours_tokens_per_s']:,.0f}",
+          f"{r['reference_tokens_per_s']:,.0f}", f"{r['ratio']:.3f}", f"{100 * r['mfu']:.1f}%",
+          f"{100 * r['reference_mfu']:.1f}%", f"{r['ours_saved_mb']:,.0f} / {r['reference_saved_mb']:,.0f} MB"]
+         for r in results["training"]])
+    lines += [""] + markdown_table(
+        ["generation", "new tokens", "ours tok/s", "GPT2LMHeadModel tok/s", "ratio", "ours without cache tok/s",
+         "cache speed-up"],
+        [[r["preset"], str(r["new_tokens"]), f"{r['ours_tokens_per_s']:,.1f}", f"{r['reference_tokens_per_s']:,.1f}",
+          f"{r['ratio_vs_reference']:.3f}", f"{r['ours_no_cache_tokens_per_s']:,.1f}", f"{r['cache_speedup']:.2f}x"]
+         for r in results["generation"]])
+    lines += [""] + markdown_table(
+        ["cached decoding step", "ms per token", "of which Linear layers alone", "Linear weights read",
+         "their effective read rate"],
+        [[r["preset"], f"{r['cached_step_ms']:.2f}", f"{r['matrix_vector_ms']:.2f} ms",
+          f"{r['linear_weights_mb']:.1f} MB", f"{r['linear_weights_mb'] / r['matrix_vector_ms']:.1f} GB/s"]
+         for r in results["generation"]])
+    lines += [""] + markdown_table(
+        ["one-token product, weights out of cache: out x in", "nn.Linear layout (out, in)",
+         "GPT-2 Conv1D layout (in, out)"],
+        [[f"{r['shape'][0]} x {r['shape'][1]}", f"{r['linear_out_in']:.1f} GB/s", f"{r['conv1d_in_out']:.1f} GB/s"]
+         for r in machine["matrix_vector_gb_per_s"]])
     return "\n".join(lines) + "\n"
 
 
