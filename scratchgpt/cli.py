@@ -23,8 +23,9 @@ from transformers import (
 
 from .data.cleaning import CLEAN_MODES
 from .data.prepare import prepare_dataset, read_metadata
-from .data.sources import iter_documents, iter_texts, resolve_inputs
-from .evaluation import evaluate_text
+from .data.sources import DEFAULT_SEPARATOR, TEXT_DOCUMENTS, iter_document_pieces, iter_documents, iter_texts, \
+    resolve_inputs
+from .evaluation import evaluate_documents
 from .generation import chat_reply, generate_text
 from .modeling import ScratchGPTForCausalLM
 from .modeling.convert import convert_legacy_checkpoint, from_gpt2, to_gpt2
@@ -74,7 +75,8 @@ def _convert(args: argparse.Namespace) -> None:
 def _tokenizer_train(args: argparse.Namespace) -> None:
     resolve_inputs(args.input)  # missing or unsupported inputs fail before any work
     refuse_existing(args.output)
-    texts, held_out = hold_out(iter_texts(iter_documents(args.input)))
+    pieces = iter_document_pieces(args.input, args.text_documents, args.document_separator)
+    texts, held_out = hold_out(iter_texts(piece for piece, _ in pieces))
     tokenizer = train_tokenizer(texts, args.type, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
     with staged_output(args.output) as staging:
         tokenizer.save_pretrained(staging)
@@ -94,6 +96,7 @@ def _prepare(args: argparse.Namespace) -> None:
     tokenizer = _load_tokenizer(args.tokenizer)
     prepare_dataset(tokenizer, args.input, args.output, block_size=args.block_size, val_fraction=args.val_fraction,
                     clean=args.clean, num_proc=args.num_proc, seed=args.seed, text_documents=args.text_documents,
+                    document_separator=args.document_separator, validation_inputs=args.validation_input,
                     rebuild=args.rebuild)
     metadata = read_metadata(args.output)
     print(f"\nprepared data in {args.output} (token ids as {metadata['dtype']}, block size "
@@ -102,6 +105,7 @@ def _prepare(args: argparse.Namespace) -> None:
     for name, counts in metadata["splits"].items():
         print(f"{name:<12}{counts['documents']:>12,}{counts['tokens']:>15,}{counts['blocks']:>12,}"
               f"{counts['tokens_dropped']:>10,}")
+    print(SPLIT_METHODS[metadata["split_method"]])
     cleaning = metadata["cleaning"]
     if cleaning["mode"] != "off":
         print(f"cleaning ({cleaning['mode']}): {cleaning['documents_in']:,} documents in, "
@@ -109,6 +113,14 @@ def _prepare(args: argparse.Namespace) -> None:
               f"{cleaning['duplicates_removed']:,} duplicates; {cleaning['documents_normalised']:,} normalised; "
               f"{cleaning['control_chars_removed']:,} control and {cleaning['whitespace_chars_removed']:,} "
               f"whitespace characters removed")
+
+
+SPLIT_METHODS = {
+    "validation_inputs": "validation: the --validation-input files",
+    "none": "no validation split (--val-fraction 0)",
+    "document": "validation: a random fraction of the documents",
+    "tail": "validation: the tail of the token stream, in whole blocks (fewer than 10 documents to split by)",
+}
 
 
 def _load_model(path: str):
@@ -164,9 +176,9 @@ def _chat(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     model, tokenizer = _load_model(args.model)
-    text = "\n\n".join(iter_texts(iter_documents(args.input)))
-    result = evaluate_text(model, tokenizer, text, block_size=args.block_size, stride=args.stride,
-                           show_progress=not args.json)
+    documents = iter_documents(args.input, args.text_documents, args.document_separator)
+    result = evaluate_documents(model, tokenizer, documents, block_size=args.block_size, stride=args.stride,
+                                show_progress=not args.json)
     if args.json:
         print(json.dumps({"model": args.model, "inputs": args.input, **result}, indent=2))
         return
@@ -174,6 +186,15 @@ def _evaluate(args: argparse.Namespace) -> None:
     for name in ("perplexity", "bits_per_byte", "mean_nll", "tokens", "bytes", "block_size", "stride"):
         value = result[name]
         print(f"{name:<18}{value:,.4f}" if isinstance(value, float) else f"{name:<18}{value:,}")
+
+
+def _add_text_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--text-documents", choices=TEXT_DOCUMENTS, default="file",
+                         help=".txt documents: 'file' (each file verbatim, the default), 'separator' (split at "
+                              "--document-separator) or 'paragraph' (split at blank lines)")
+    command.add_argument("--document-separator", default=DEFAULT_SEPARATOR, metavar="TEXT",
+                         help=f"the literal string between documents in separator mode, not kept (default "
+                              f"{DEFAULT_SEPARATOR}); one line break on either side of it goes with it")
 
 
 def _add_sampling_options(command: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -204,14 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
     train = tokenizer_commands.add_parser("train", help="train a byte-level BPE or character tokenizer")
     train.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                       help=".txt (blank-line separated documents), .jsonl ('text' or 'messages'), a folder of "
-                            "those, or 'chitchat' for the built-in corpus")
+                       help=".txt, .jsonl ('text' or 'messages'), .parquet, a folder of those, or 'chitchat' for the "
+                            "built-in corpus")
     train.add_argument("--output", required=True, metavar="DIR", help="folder to save the tokenizer to")
     train.add_argument("--type", choices=["bpe", "char"], default="bpe", help="tokenizer kind (default: bpe)")
     train.add_argument("--vocab-size", type=int, default=None, metavar="N",
                        help="exact size for bpe (default 32000); an upper bound for char (default: all characters)")
     train.add_argument("--min-frequency", type=int, default=None, metavar="N",
                        help="minimum count of a merge (bpe, default 2) or a character (char, default 1)")
+    _add_text_options(train)
     train.set_defaults(handler=_tokenizer_train)
 
     prepare = commands.add_parser("prepare", help="tokenize and pack a corpus into a memory-mapped Arrow dataset")
@@ -221,11 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--block-size", type=int, required=True, metavar="N", help="tokens per training block")
     prepare.add_argument("--output", required=True, metavar="DIR", help="folder for the prepared dataset")
     prepare.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
-                         help="fraction of documents held out for validation (default 0.1; 0 for none)")
+                         help="fraction held out for validation (default 0.1; 0 for none): of the documents, or of "
+                              "the token stream's tail when there are fewer than 10 documents")
+    prepare.add_argument("--validation-input", nargs="+", default=None, metavar="PATH",
+                         help="validation data in any input format; then nothing is split off --input")
     prepare.add_argument("--clean", choices=["off", *CLEAN_MODES], default="off", help="cleaning mode (default off)")
     prepare.add_argument("--num-proc", type=int, default=None, metavar="N", help="worker processes for tokenizing")
-    prepare.add_argument("--text-documents", choices=["paragraph", "file"], default="paragraph",
-                         help=".txt documents: separated by blank lines (default) or one per file")
+    _add_text_options(prepare)
     prepare.add_argument("--seed", type=int, default=0, help="seed of the train/validation split (default 0)")
     prepare.add_argument("--rebuild", action="store_true", help="rebuild even if the output is up to date")
     prepare.set_defaults(handler=_prepare)
@@ -250,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--stride", type=int, default=None, metavar="N",
                           help="new tokens scored per window (default: block size, i.e. disjoint windows)")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_text_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
     return parser
 

@@ -1,7 +1,8 @@
 """Sliding-window perplexity and bits per byte of any causal LM on held-out text.
 
-The text is tokenized once (after the tokenizer's bos/eos token when it has one, so that the first real token is
-predicted too) and scored in windows of ``block_size`` tokens that advance by ``stride``: each window scores only
+The documents are tokenized exactly as ``scratchgpt prepare`` tokenizes them for training (plain text literally, each
+document followed by ``<|endoftext|>``; see ``data.prepare.encode_documents``), after one ``<|endoftext|>`` so that
+the first real token is predicted too, and scored in windows of ``block_size`` tokens that advance by ``stride``: each window scores only
 the tokens no earlier window scored, with the rest of the window as context. ``stride == block_size`` gives
 (nearly) disjoint windows; a smaller stride gives every token more context (and costs more compute).
 
@@ -9,16 +10,20 @@ Bits per byte divides the total negative log-likelihood (in bits) by the UTF-8 s
 not depend on the tokenizer: a character-level and a BPE model can be compared on the same text.
 """
 
+from collections.abc import Iterable
+
 import evaluate
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .data.prepare import encode_documents
+from .data.sources import Document
 from .generation import context_length
 from .metrics import metric_path
 
 
-__all__ = ["token_nll", "evaluate_text"]
+__all__ = ["token_nll", "evaluate_documents", "evaluate_text"]
 
 
 @torch.no_grad()
@@ -46,29 +51,35 @@ def token_nll(model: PreTrainedModel, ids: torch.Tensor, block_size: int, stride
     return nll
 
 
-def evaluate_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str,
-                  block_size: int | None = None, stride: int | None = None, show_progress: bool = False) -> dict:
-    """Perplexity, bits per byte and counts for ``text`` (see the module docstring for the windowing)."""
+def evaluate_documents(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, documents: Iterable[Document],
+                       block_size: int | None = None, stride: int | None = None, show_progress: bool = False) -> dict:
+    """Perplexity, bits per byte and counts for ``documents`` (strings or conversations), tokenized as for training
+    (see the module docstring for the windowing). Bytes are those of the texts (conversations as rendered by the
+    chat template); the ``<|endoftext|>`` after each document is scored but has no bytes."""
     context = context_length(model)
     block_size = block_size or context
     if context is not None and block_size > context:
         raise ValueError(f"block_size {block_size} is larger than the model context {context}")
     stride = stride or block_size
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
-    start_token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if start_token is not None:
-        ids = torch.cat([torch.tensor([start_token]), ids])
-        scored_text = text
-    else:  # the first token is context only: leave its characters out of the byte count
-        scored_text = tokenizer.decode(ids[1:])
-    if len(ids) < 2:
-        raise ValueError("the text is too short to score (fewer than 2 tokens)")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no end-of-text (eos) token to separate documents")
+    documents = list(documents)
+    ids = torch.tensor([tokenizer.eos_token_id, *encode_documents(tokenizer, documents)])
+    if len(ids) < 3:
+        raise ValueError("the text is too short to score (no tokens)")
+    n_bytes = sum(len((document if isinstance(document, str) else tokenizer.apply_chat_template(
+        document, tokenize=False)).encode("utf-8")) for document in documents)
     was_training = model.training
     model.eval()
     nll = token_nll(model, ids, block_size, stride, show_progress)
     model.train(was_training)
-    n_bytes = len(scored_text.encode("utf-8"))
     result = evaluate.load(metric_path("perplexity")).compute(nll=nll.tolist(), num_bytes=n_bytes)
     return {"perplexity": result["perplexity"], "bits_per_byte": result["bits_per_byte"],
             "mean_nll": result["mean_nll"], "tokens": result["tokens"], "bytes": n_bytes,
             "block_size": block_size, "stride": stride}
+
+
+def evaluate_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str,
+                  block_size: int | None = None, stride: int | None = None, show_progress: bool = False) -> dict:
+    """``evaluate_documents`` of ``text`` as one document."""
+    return evaluate_documents(model, tokenizer, [text], block_size, stride, show_progress)

@@ -2,6 +2,9 @@
 
 The prompt is cut from the left so that prompt plus new tokens fit the model's context; chat prompts go through the
 tokenizer's chat template and stop at the end-of-turn marker as well as at ``<|endoftext|>``.
+
+Prompts are text, as training data is: a literal ``<|endoftext|>`` typed into a ``generate`` prompt or a chat
+message is encoded as those characters, never as the special id (only the chat template's own markers are special).
 """
 
 import torch
@@ -44,7 +47,7 @@ def generate_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
                   repetition_penalty: float | None = None, stream: bool = False) -> str:
     """Continue ``prompt``; returns the new text. ``temperature <= 0`` is greedy. With ``stream``, tokens are
     printed to stdout as they come (the prompt first). Seed with ``transformers.set_seed`` for reproducibility."""
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    ids = tokenizer(prompt, return_tensors="pt", split_special_tokens=True).input_ids
     streamer = TextStreamer(tokenizer, skip_special_tokens=True) if stream else None
     return _generate(model, tokenizer, ids, max_new_tokens, streamer,
                      **_sampling(temperature, top_k, top_p, repetition_penalty))
@@ -56,8 +59,8 @@ def chat_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messa
     """The assistant's next turn after ``messages`` (``[{"role", "content"}]``), stopping at the end-of-turn token."""
     if not tokenizer.chat_template:
         raise ValueError("this model's tokenizer has no chat template; use `generate` instead")
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                        return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True,
+                                        sanitize_control_tokens=True)["input_ids"]
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     return _generate(model, tokenizer, ids, max_new_tokens, streamer,
                      **_sampling(temperature, top_k, top_p, repetition_penalty)).strip()

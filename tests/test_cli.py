@@ -85,7 +85,7 @@ def test_tokenizer_train_bpe_on_files(tmp_path, capsys):
     (tmp_path / "b.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi there"}]}) + "\n")
     out = tmp_path / "tok"
     assert main(["tokenizer", "train", "--input", str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl"),
-                 "--vocab-size", "300", "--output", str(out)]) == 0
+                 "--vocab-size", "300", "--output", str(out), "--text-documents", "paragraph"]) == 0
     printed = capsys.readouterr().out
     assert "vocabulary size: 300 (bpe)" in printed and f"saved to {out}" in printed
     assert re.search(r"compression on held-out text \(2 texts\): \d+\.\d\d bytes/token", printed), printed
@@ -97,8 +97,8 @@ def test_tokenizer_train_char(tmp_path, capsys):
     (tmp_path / "a.txt").write_text("abc abc\n\nxyz")
     assert main(["tokenizer", "train", "--input", str(tmp_path / "a.txt"), "--type", "char",
                  "--output", str(tmp_path / "tok")]) == 0
-    assert "vocabulary size: 14 (char)" in capsys.readouterr().out  # 7 specials + " abcxyz"
-    assert AutoTokenizer.from_pretrained(tmp_path / "tok")("cab").input_ids == [10, 8, 9]
+    assert "vocabulary size: 15 (char)" in capsys.readouterr().out  # 7 specials + "\n abcxyz": the text as written
+    assert AutoTokenizer.from_pretrained(tmp_path / "tok")("cab\n").input_ids == [11, 9, 10, 7]
 
 
 def test_tokenizer_train_errors_are_one_line_and_leave_nothing(tmp_path, capsys):
@@ -159,9 +159,11 @@ def test_prepare_prints_a_summary_and_reuses(tmp_path, capsys, caplog):
     tiny_tokenizer().save_pretrained(tmp_path / "tok")
     (tmp_path / "a.txt").write_text("\n\n".join(f"document {i}: {SAMPLE_TEXT[:200]}" for i in range(30)))
     args = ["prepare", "--tokenizer", str(tmp_path / "tok"), "--input", str(tmp_path / "a.txt"), "--block-size",
-            "32", "--output", str(tmp_path / "data"), "--clean", "balanced", "--num-proc", "2"]
+            "32", "--output", str(tmp_path / "data"), "--clean", "balanced", "--num-proc", "2", "--text-documents",
+            "paragraph"]
     assert main(args) == 0
     printed = capsys.readouterr().out
+    assert "validation: a random fraction of the documents" in printed
     assert "token ids as uint16, block size 32, vocabulary 300" in printed
     assert re.search(r"train\s+27\s+[\d,]+\s+[\d,]+\s+\d+", printed) and re.search(r"validation\s+3\s", printed)
     assert "cleaning (balanced): 30 documents in, 30 out" in printed

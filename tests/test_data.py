@@ -2,7 +2,16 @@ import json
 
 import pytest
 
-from scratchgpt.data.sources import chitchat_conversations, iter_documents, iter_texts, resolve_inputs
+from scratchgpt.data import sources
+from scratchgpt.data.sources import (
+    chitchat_conversations,
+    iter_document_pieces,
+    iter_documents,
+    iter_texts,
+    resolve_inputs,
+)
+
+from .testing_utils import tiny_tokenizer
 
 
 def write(path, content: str | bytes):
@@ -10,9 +19,57 @@ def write(path, content: str | bytes):
     return str(path)
 
 
-def test_text_files_split_on_blank_lines(tmp_path):
+PLAY = ("ACT I\n\nSCENE I. A street.\n\n  Enter two servants.\n\nFIRST SERVANT:\nGood morrow.\n\n\n"
+        "SECOND SERVANT:\r\n\tAnd to you <|endoftext|> too.  \n\n")
+
+
+def test_text_files_are_one_verbatim_document_by_default(tmp_path):
+    path = write(tmp_path / "play.txt", PLAY)
+    assert list(iter_documents([path])) == [PLAY]  # blank lines, indentation, CRLF, trailing newline: as written
+    assert list(iter_documents([path], "file")) == [PLAY]
+
+
+def test_paragraph_mode_splits_on_blank_lines(tmp_path):
     path = write(tmp_path / "a.txt", "first line\nstill first\n\n\n second\r\n\r\nthird")
-    assert list(iter_documents([path])) == ["first line\nstill first", " second", "third"]
+    assert list(iter_documents([path], "paragraph")) == ["first line\nstill first", " second", "third"]
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("one\n<|endoftext|>\ntwo\n<|endoftext|>\nthree\n", ["one", "two", "three\n"]),  # a separator line
+    ("one<|endoftext|>two<|endoftext|><|endoftext|>three", ["one", "two", "three"]),  # inline; empty ones dropped
+    ("one\n\n<|endoftext|>\n\n  two\n<|endoftext|>\n", ["one\n", "\n  two"]),  # only one line break each side
+    ("a\r\n<|endoftext|>\r\nb <|endoftext|> c", ["a", "b ", " c"]),
+    ("no separator\n\nat all\n", ["no separator\n\nat all\n"]),
+])
+def test_separator_mode(tmp_path, content, expected):
+    path = write(tmp_path / "a.txt", content)
+    assert list(iter_documents([path], "separator")) == expected
+
+
+def test_separator_mode_takes_any_literal_string(tmp_path):
+    path = write(tmp_path / "a.txt", "first\n=====\nsecond [x] third\n")
+    assert list(iter_documents([path], "separator", "=====")) == ["first", "second [x] third\n"]
+    assert list(iter_documents([path], "separator", "[x]")) == ["first\n=====\nsecond ", " third\n"]
+    with pytest.raises(ValueError, match="document_separator must be a non-empty string without line breaks"):
+        list(iter_documents([path], "separator", ""))
+    with pytest.raises(ValueError, match="text_documents must be one of file, separator, paragraph; got 'lines'"):
+        list(iter_documents([path], "lines"))
+
+
+def test_long_documents_stream_in_pieces_that_tokenize_like_the_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "PIECE_CHARS", 40)
+    lines = ["Hello world, how are you?\n", "  indented line\n", "\n", "\n", "tabs\tand   spaces   \n",
+             "x\n", "ünïcödé 😀 <|endoftext|>\n", "\r\n", "last words"]
+    text = "".join(lines * 6)
+    path = write(tmp_path / "a.txt", text)
+    pieces = list(iter_document_pieces([path]))
+    assert len(pieces) > 5 and [end for _, end in pieces] == [False] * (len(pieces) - 1) + [True]
+    assert "".join(piece for piece, _ in pieces) == text == "".join(iter_documents([path]))
+    for piece, _ in pieces[:-1]:  # cut only between "<non-space>\n" and a non-space character
+        assert piece.endswith("\n") and not piece[-2].isspace()
+    tokenizer = tiny_tokenizer()
+    whole = tokenizer(text, add_special_tokens=False).input_ids
+    assert [i for piece, _ in pieces for i in tokenizer(piece, add_special_tokens=False).input_ids] == whole
 
 
 def test_jsonl_text_and_messages(tmp_path):

@@ -7,7 +7,8 @@ from scratchgpt.data.prepare import DOCUMENT_FEATURES
 
 def as_dataset(texts=(), conversations=()):
     rows = [{"text": t, "messages": None} for t in texts] + [{"text": None, "messages": c} for c in conversations]
-    return Dataset.from_list(rows, features=DOCUMENT_FEATURES)
+    return Dataset.from_list([{**row, "document": i, "piece": 0, "ends_document": True} for i, row in enumerate(rows)],
+                             features=DOCUMENT_FEATURES)
 
 
 def cleaned_texts(dataset):
@@ -62,3 +63,14 @@ def test_clean_batch_is_a_pure_function():
     batch = {"text": ["a\x00b"], "messages": [None]}
     assert clean_batch(batch, "lenient")["text"] == ["ab"]
     assert batch["text"] == ["a\x00b"]
+
+
+def test_pieces_of_a_long_document_are_never_dropped_and_keep_their_edges():
+    # one document in three pieces (as sources cuts a long text), then a short whole document
+    rows = [("  Start of a long text\n", 0, False), ("x\n", 1, False), ("x\n", 2, True), ("tiny", 0, True)]
+    dataset = Dataset.from_list([{"text": t, "messages": None, "document": d, "piece": p, "ends_document": e}
+                                 for d, (t, p, e) in zip([0, 0, 0, 1], rows)], features=DOCUMENT_FEATURES)
+    result, report = clean_documents(dataset, "balanced")
+    # the pieces stay (however short, and though two are equal); only the document's own start and end are stripped
+    assert cleaned_texts(result) == ["Start of a long text\n", "x\n", "x"]
+    assert report["too_short_removed"] == 1 and report["duplicates_removed"] == 0

@@ -1,6 +1,8 @@
+import hashlib
 import json
 import os
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +19,7 @@ from scratchgpt.data.prepare import (
     read_metadata,
     token_dtype,
 )
-from scratchgpt.tokenization import train_bpe_tokenizer, train_char_tokenizer
+from scratchgpt.tokenization import SPECIAL_TOKENS, train_bpe_tokenizer, train_char_tokenizer
 
 from .testing_utils import SAMPLE_TEXT
 
@@ -30,6 +32,11 @@ def tokenizer():
 def documents(n=40):
     # every document distinct, so each can be recognised in the packed stream
     return [f"document {i}: " + " ".join(["the quick brown fox"] * (1 + i % 7)) for i in range(n)]
+
+
+def prepare_paragraphs(*args, **kwargs):
+    """``prepare_dataset`` with .txt files split at blank lines, as ``write_text`` writes its documents."""
+    return prepare_dataset(*args, **{"text_documents": "paragraph", **kwargs})
 
 
 def write_text(path, docs):
@@ -52,7 +59,7 @@ def segments(ids, eos):
 
 def test_packing_is_exact_without_validation(tmp_path):
     docs = documents()
-    result = prepare_dataset(tokenizer(), [write_text(tmp_path / "a.txt", docs)], tmp_path / "out", block_size=16,
+    result = prepare_paragraphs(tokenizer(), [write_text(tmp_path / "a.txt", docs)], tmp_path / "out", block_size=16,
                              val_fraction=0)
     eos = tokenizer().eos_token_id
     expected = np.concatenate([tokenizer()(d, add_special_tokens=False).input_ids + [eos] for d in docs])
@@ -67,7 +74,7 @@ def test_packing_is_exact_without_validation(tmp_path):
 
 def test_split_is_by_document_with_no_leakage(tmp_path):
     docs = documents(50)
-    result = prepare_dataset(tokenizer(), [write_text(tmp_path / "a.txt", docs)], tmp_path / "out", block_size=8,
+    result = prepare_paragraphs(tokenizer(), [write_text(tmp_path / "a.txt", docs)], tmp_path / "out", block_size=8,
                              val_fraction=0.2, seed=3)
     eos = tokenizer().eos_token_id
     encoded = {tuple(tokenizer()(d, add_special_tokens=False).input_ids + [eos]): d for d in docs}
@@ -89,7 +96,7 @@ def test_conversations_use_the_chat_template(tmp_path):
     record = {"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi there"}]}
     path = tmp_path / "chat.jsonl"
     path.write_text(json.dumps(record) + "\n" + json.dumps({"text": "plain words"}) + "\n")
-    result = prepare_dataset(chat_tokenizer, [str(path)], tmp_path / "out", block_size=4, val_fraction=0)
+    result = prepare_paragraphs(chat_tokenizer, [str(path)], tmp_path / "out", block_size=4, val_fraction=0)
     text = chat_tokenizer.decode(stream(result["train"]))
     rendered = "<|user|>\nhello<|end|>\n<|assistant|>\nhi there<|end|>\n<|endoftext|>plain words<|endoftext|>"
     assert rendered.startswith(text) and len(text) >= len(rendered) - 20
@@ -102,7 +109,7 @@ def test_every_source_format(tmp_path):
     pq.write_table(pa.table({"text": ["parquet document one", "parquet document two"]}),
                    tmp_path / "docs" / "c.parquet")
     pq.write_table(pa.table({"messages": [[{"role": "user", "content": "parquet chat"}]]}), tmp_path / "d.parquet")
-    result = prepare_dataset(tokenizer(), [str(tmp_path / "docs"), str(tmp_path / "*.parquet")], tmp_path / "out",
+    result = prepare_paragraphs(tokenizer(), [str(tmp_path / "docs"), str(tmp_path / "*.parquet")], tmp_path / "out",
                              block_size=4, val_fraction=0)
     text = tokenizer().decode(stream(result["train"]), skip_special_tokens=False)
     for piece in ["text file document", "jsonl text document", "parquet document one", "parquet document two",
@@ -112,7 +119,7 @@ def test_every_source_format(tmp_path):
 
 
 def test_chitchat_source(tmp_path):
-    result = prepare_dataset(tokenizer(), ["chitchat"], tmp_path / "out", block_size=512, val_fraction=0.1,
+    result = prepare_paragraphs(tokenizer(), ["chitchat"], tmp_path / "out", block_size=512, val_fraction=0.1,
                              num_proc=2)
     metadata = read_metadata(tmp_path / "out")
     assert metadata["splits"]["train"]["documents"] + metadata["splits"]["validation"]["documents"] == 7168
@@ -134,7 +141,7 @@ def test_large_vocabulary_is_stored_as_int32(tmp_path):
     big = train_char_tokenizer([alphabet])
     assert len(big) > 65536
     text = alphabet[-50:] * 3
-    result = prepare_dataset(big, [write_text(tmp_path / "a.txt", [text])], tmp_path / "out", block_size=32,
+    result = prepare_paragraphs(big, [write_text(tmp_path / "a.txt", [text])], tmp_path / "out", block_size=32,
                              val_fraction=0)
     assert result["train"].features["input_ids"].feature.dtype == "int32"
     assert result["train"][0]["input_ids"].dtype == np.int32
@@ -142,7 +149,7 @@ def test_large_vocabulary_is_stored_as_int32(tmp_path):
 
 
 def test_small_vocabulary_is_stored_as_uint16_and_collated_as_int64(tmp_path):
-    result = prepare_dataset(tokenizer(), [write_text(tmp_path / "a.txt", documents())], tmp_path / "out",
+    result = prepare_paragraphs(tokenizer(), [write_text(tmp_path / "a.txt", documents())], tmp_path / "out",
                              block_size=16, val_fraction=0)
     assert result["train"].data.schema.field("input_ids").type.value_type == pa.uint16()
     rows = [result["train"][i] for i in range(3)]
@@ -157,19 +164,19 @@ def test_small_vocabulary_is_stored_as_uint16_and_collated_as_int64(tmp_path):
 
 def test_unchanged_inputs_are_reused(tmp_path, monkeypatch):
     path = write_text(tmp_path / "a.txt", documents())
-    prepare_dataset(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
+    prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("rebuilt although nothing changed")
 
     monkeypatch.setattr(prepare_module.Dataset, "from_generator", must_not_run)
-    assert len(prepare_dataset(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)["train"]) > 0
+    assert len(prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)["train"]) > 0
 
 
 @pytest.mark.parametrize("change", ["input", "tokenizer", "block_size", "clean"])
 def test_changes_rebuild(tmp_path, change):
     path = write_text(tmp_path / "a.txt", documents())
-    prepare_dataset(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
+    prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
     before = read_metadata(tmp_path / "out")
     kwargs = {"block_size": 16, "val_fraction": 0}
     used_tokenizer = tokenizer()
@@ -182,7 +189,7 @@ def test_changes_rebuild(tmp_path, change):
         kwargs["block_size"] = 8
     else:
         kwargs["clean"] = "lenient"
-    prepare_dataset(used_tokenizer, [path], tmp_path / "out", **kwargs)
+    prepare_paragraphs(used_tokenizer, [path], tmp_path / "out", **kwargs)
     after = read_metadata(tmp_path / "out")
     assert after["fingerprint"] != before["fingerprint"]
     assert after["splits"] != before["splits"] or change == "clean"
@@ -192,22 +199,22 @@ def test_changes_rebuild(tmp_path, change):
 def test_interrupted_run_leaves_nothing_and_keeps_the_old_output(tmp_path, monkeypatch):
     path = write_text(tmp_path / "a.txt", documents())
 
-    def interrupted(token_dataset, block_size):
+    def interrupted(token_dataset, block_size, start=0, stop=None):
         yield {"input_ids": np.zeros(block_size, dtype=np.uint16)}
         raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of packing
 
     original = prepare_module.pack_blocks
     monkeypatch.setattr(prepare_module, "pack_blocks", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        prepare_dataset(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
+        prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
 
     monkeypatch.setattr(prepare_module, "pack_blocks", original)
-    good = prepare_dataset(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
+    good = prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
     n_blocks = len(good["train"])
     monkeypatch.setattr(prepare_module, "pack_blocks", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        prepare_dataset(tokenizer(), [path], tmp_path / "out", block_size=8, val_fraction=0)
+        prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=8, val_fraction=0)
     assert len(load_prepared(tmp_path / "out")["train"]) == n_blocks  # the previous complete output survives
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "out"]
 
@@ -216,7 +223,7 @@ def test_an_unrelated_folder_is_never_overwritten(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="already exists and is not empty"):
-        prepare_dataset(tokenizer(), [write_text(tmp_path / "a.txt", documents())], tmp_path / "out", block_size=16)
+        prepare_paragraphs(tokenizer(), [write_text(tmp_path / "a.txt", documents())], tmp_path / "out", block_size=16)
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
 
 
@@ -238,17 +245,151 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, name, content
     if content is not None:
         (tmp_path / name).write_bytes(content)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        prepare_dataset(tokenizer(), [str(tmp_path / name)], tmp_path / "out", block_size=64, val_fraction=0)
+        prepare_paragraphs(tokenizer(), [str(tmp_path / name)], tmp_path / "out", block_size=64, val_fraction=0)
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_too_few_documents_for_a_validation_split(tmp_path):
-    with pytest.raises(ValueError, match="1 documents cannot be split with a validation fraction of 0.1"):
+def test_too_little_text_for_a_validation_split(tmp_path):
+    with pytest.raises(ValueError, match=r"the corpus has \d+ tokens, too few for a training and a validation block "
+                                         "of block_size 8"):
         prepare_dataset(tokenizer(), [write_text(tmp_path / "a.txt", ["one document"])], tmp_path / "out",
-                        block_size=2, val_fraction=0.1)
+                        block_size=8, val_fraction=0.1)
+    assert not (tmp_path / "out").exists()
 
 
 def test_load_prepared_refuses_other_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"not a prepared dataset \\(no readable {METADATA_FILE}\\)"):
         load_prepared(tmp_path)
+
+
+# --- text fidelity and the validation split ---------------------------------------------------------------------------
+
+NOVEL = "".join(f"Chapter {i}.\n\n  \"Hello,\" she said; he nodded.\n\tIndented line {i}.\n\n\n" for i in range(60)) + \
+    "The End.\n"
+
+
+def test_default_txt_is_learned_verbatim_with_a_tail_validation_split(tmp_path):
+    char = train_char_tokenizer([NOVEL])
+    path = tmp_path / "novel.txt"
+    path.write_text(NOVEL, encoding="utf-8")
+    result = prepare_dataset(char, [str(path)], tmp_path / "out", block_size=32)
+    metadata = read_metadata(tmp_path / "out")
+    assert metadata["split_method"] == "tail" and metadata["settings"]["text_documents"] == "file"
+    train_ids, validation_ids = stream(result["train"]), stream(result["validation"])
+    train_text = char.decode(train_ids)
+    n_stream = len(NOVEL) + 1  # one document: the file as written (one id per character), then <|endoftext|>
+    # the training blocks are the text from its first byte ("\n\n" and all), up to the dropped partial block ...
+    assert NOVEL.startswith(train_text) and "\n\n\n" in train_text
+    counts = metadata["splits"]
+    assert len(train_ids) == counts["train"]["blocks"] * 32 and counts["train"]["tokens_dropped"] < 32
+    # ... the validation blocks are its tail, and no position is in both
+    assert validation_ids[-1] == char.eos_token_id and NOVEL.endswith(char.decode(validation_ids[:-1]))
+    assert len(validation_ids) == counts["validation"]["blocks"] * 32 == round(n_stream // 32 * 0.1) * 32
+    assert len(train_ids) + counts["train"]["tokens_dropped"] + len(validation_ids) == n_stream
+
+
+def test_many_documents_split_by_document(tmp_path):
+    docs = documents(30)
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    prepare_dataset(tokenizer(), [str(path)], tmp_path / "out", block_size=8, val_fraction=0.2)
+    metadata = read_metadata(tmp_path / "out")
+    assert metadata["split_method"] == "document"
+    assert (metadata["splits"]["train"]["documents"], metadata["splits"]["validation"]["documents"]) == (24, 6)
+    # below MIN_DOCUMENTS_TO_SPLIT documents, the tail of the stream instead
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:prepare_module.MIN_DOCUMENTS_TO_SPLIT - 1]))
+    prepare_dataset(tokenizer(), [str(path)], tmp_path / "out2", block_size=8, val_fraction=0.2)
+    assert read_metadata(tmp_path / "out2")["split_method"] == "tail"
+
+
+def test_separator_and_paragraph_modes(tmp_path):
+    eos = tokenizer().eos_token_id
+    path = tmp_path / "a.txt"
+    path.write_text("first doc\n\nstill first\n<|endoftext|>\nsecond doc\n")
+    result = prepare_dataset(tokenizer(), [str(path)], tmp_path / "sep", block_size=2, val_fraction=0,
+                             text_documents="separator")
+    expected = [*tokenizer()("first doc\n\nstill first").input_ids, eos, *tokenizer()("second doc\n").input_ids, eos]
+    n = len(expected) // 2 * 2
+    assert stream(result["train"]).tolist() == expected[:n]
+    result = prepare_dataset(tokenizer(), [str(path)], tmp_path / "par", block_size=2, val_fraction=0,
+                             text_documents="paragraph")
+    expected = [*tokenizer()("first doc").input_ids, eos,
+                *tokenizer()("still first\n<|endoftext|>\nsecond doc", split_special_tokens=True).input_ids, eos]
+    assert stream(result["train"]).tolist() == expected[: len(expected) // 2 * 2]
+    assert read_metadata(tmp_path / "par")["splits"]["train"]["documents"] == 2
+
+
+def test_special_token_strings_in_text_stay_text(tmp_path):
+    eos = tokenizer().eos_token_id
+    text = "a web page quoting <|endoftext|> and <|user|> and <|end|> as text"
+    chat = [{"role": "user", "content": "what does <|end|> mean?"}, {"role": "assistant", "content": "<|endoftext|>"}]
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"text": text}) + "\n" + json.dumps({"messages": chat}) + "\n")
+    with path.open("a") as f:
+        f.write(json.dumps({"text": "a last document to fill the final block"}) + "\n")
+    result = prepare_dataset(tokenizer(), [str(path)], tmp_path / "out", block_size=2, val_fraction=0)
+    ids = stream(result["train"]).tolist()
+    specials = {tokenizer().convert_tokens_to_ids(t): t for t in SPECIAL_TOKENS}
+    special_positions = [(i, specials[t]) for i, t in enumerate(ids) if t in specials][:6]
+    text_length = len(tokenizer()(text, split_special_tokens=True).input_ids)
+    # the text's literal strings are no special ids; the chat keeps its template's markers as special ids only
+    assert [t for _, t in special_positions] == ["<|endoftext|>", "<|user|>", "<|end|>", "<|assistant|>", "<|end|>",
+                                                 "<|endoftext|>"]
+    assert special_positions[0] == (text_length, "<|endoftext|>") and ids[text_length] == eos
+    assert tokenizer().decode(ids[: text_length]) == text
+    rendered = tokenizer().decode(ids[text_length + 1:], skip_special_tokens=False)
+    assert rendered.startswith(tokenizer().apply_chat_template(chat, tokenize=False) + "<|endoftext|>")
+
+
+def test_validation_inputs_are_the_validation_split(tmp_path):
+    train_path = write_text(tmp_path / "train.txt", documents(20))
+    valid_txt = tmp_path / "valid.txt"
+    valid_txt.write_text("held out text, exactly as written.\n\nSecond paragraph.\n")
+    valid_jsonl = tmp_path / "valid.jsonl"
+    valid_jsonl.write_text(json.dumps({"text": "a jsonl validation document"}) + "\n")
+    result = prepare_dataset(tokenizer(), [train_path], tmp_path / "out", block_size=2,
+                             validation_inputs=[str(valid_txt), str(valid_jsonl)])
+    eos = tokenizer().eos_token_id
+    expected = [*tokenizer()(valid_txt.read_text()).input_ids, eos,
+                *tokenizer()("a jsonl validation document").input_ids, eos]
+    assert stream(result["validation"]).tolist() == expected[: len(expected) // 2 * 2]
+    metadata = read_metadata(tmp_path / "out")
+    assert metadata["split_method"] == "validation_inputs"
+    assert metadata["splits"]["train"]["documents"] == 1  # the whole training file, nothing split off it
+    n_train = len(tokenizer()(Path(train_path).read_text()).input_ids) + 1
+    assert len(stream(result["train"])) == n_train // 2 * 2
+    # a changed validation file rebuilds the data
+    valid_txt.write_text("different held out text\n")
+    os.utime(valid_txt, (metadata["validation_sources"][0]["mtime"] + 10,) * 2)
+    result = prepare_dataset(tokenizer(), [train_path], tmp_path / "out", block_size=2,
+                             validation_inputs=[str(valid_txt), str(valid_jsonl)])
+    assert read_metadata(tmp_path / "out")["fingerprint"] != metadata["fingerprint"]
+    assert tokenizer().decode(stream(result["validation"])).startswith("different held out text\n")
+
+
+def test_data_prepared_by_an_older_format_is_rebuilt(tmp_path):
+    path = write_text(tmp_path / "a.txt", documents())
+    prepare_dataset(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
+    metadata_path = tmp_path / "out" / METADATA_FILE
+    old = json.loads(metadata_path.read_text())
+    # what format 1 wrote for the same input: no separator setting, paragraphs by default
+    identity = {key: old[key] for key in ("tokenizer", "dtype", "sources")}
+    identity.update(format_version=1, settings={**old["settings"], "text_documents": "paragraph"})
+    del identity["settings"]["document_separator"]
+    old.update(identity, fingerprint=hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest())
+    metadata_path.write_text(json.dumps(old))
+    prepare_dataset(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
+    assert read_metadata(tmp_path / "out")["format_version"] == 2
+
+
+@pytest.mark.parametrize("n_tokens", [64, 65, 79])
+def test_pack_blocks_keeps_every_full_block(n_tokens):
+    from datasets import Dataset
+
+    tokens = Dataset.from_dict({"input_ids": [list(range(n_tokens))]})
+    blocks = [row["input_ids"] for row in prepare_module.pack_blocks(tokens, 16)]
+    assert len(blocks) == n_tokens // 16  # an exact multiple keeps its last block
+    assert np.array_equal(np.concatenate(blocks), np.arange(n_tokens // 16 * 16))
+    window = [row["input_ids"] for row in prepare_module.pack_blocks(tokens, 16, start=3, stop=3 + 32)]
+    assert np.array_equal(np.concatenate(window), np.arange(3, 35))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scratchgpt import ScratchGPTForCausalLM
-from scratchgpt.evaluation import evaluate_text, token_nll
+from scratchgpt.evaluation import evaluate_documents, evaluate_text, token_nll
 from scratchgpt.tokenization import train_char_tokenizer
 
 from .testing_utils import tiny_config, tiny_tokenizer
@@ -17,7 +17,8 @@ def test_one_window_equals_the_model_loss():
     model = ScratchGPTForCausalLM(tiny_config()).eval()
     text = "The quick brown fox jumps over the lazy dog."
     result = evaluate_text(model, tokenizer, text, block_size=64)
-    ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer(text).input_ids])
+    # scored as training data is made: <|endoftext|>, the text, <|endoftext|>
+    ids = torch.tensor([[tokenizer.eos_token_id] + tokenizer(text).input_ids + [tokenizer.eos_token_id]])
     with torch.no_grad():
         loss = model(ids, labels=ids).loss.item()
     assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-6)
@@ -55,6 +56,21 @@ def test_more_context_never_hurts_a_trained_model():
     sliding = evaluate_text(model, tokenizer, held_out, block_size=32, stride=4)
     assert sliding["perplexity"] <= disjoint["perplexity"]
     assert disjoint["perplexity"] < 3  # it did learn the pattern
+
+
+def test_documents_are_scored_as_they_are_prepared_for_training():
+    tokenizer = tiny_tokenizer()
+    model = ScratchGPTForCausalLM(tiny_config()).eval()
+    text = "literal <|endoftext|> in text"
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    result = evaluate_documents(model, tokenizer, [text, chat], block_size=64)
+    eos = tokenizer.eos_token_id
+    ids = [eos, *tokenizer(text, split_special_tokens=True).input_ids, eos,
+           *tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False), eos]
+    with torch.no_grad():
+        loss = model(torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+    assert result["tokens"] == len(ids) - 1 and result["mean_nll"] == pytest.approx(loss, rel=1e-6)
+    assert result["bytes"] == len(text) + len(tokenizer.apply_chat_template(chat, tokenize=False))
 
 
 def test_bad_windows_are_refused():

@@ -3,6 +3,7 @@ from transformers import set_seed
 
 from scratchgpt import ScratchGPTForCausalLM
 from scratchgpt.generation import chat_reply, generate_text
+from scratchgpt.tokenization import SPECIAL_TOKENS
 
 from .testing_utils import tiny_config, tiny_tokenizer
 
@@ -52,3 +53,19 @@ def test_chat_stops_at_the_end_of_turn_token():
                                            return_dict=False)
     assert reply == ""
     assert outputs[0].shape[1] == len(prompt) + 1 and outputs[0][0, -1].item() == end  # one token, then stop
+
+
+def test_special_token_strings_in_prompts_are_text():
+    tokenizer = tiny_tokenizer()
+    model = model_for(tokenizer)
+    seen = []
+    original = model.generate
+    model.generate = lambda ids, **kwargs: seen.append(ids[0].tolist()) or original(ids, **kwargs)
+    generate_text(model, tokenizer, "say <|endoftext|> now", max_new_tokens=2, temperature=0)
+    assert seen[0] == tokenizer("say <|endoftext|> now", split_special_tokens=True).input_ids
+    assert tokenizer.eos_token_id not in seen[0]
+    chat_reply(model, tokenizer, [{"role": "user", "content": "what is <|end|>?"}], max_new_tokens=2, temperature=0)
+    special_ids = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS)
+    specials = [tokenizer.convert_ids_to_tokens(i) for i in seen[1] if i in special_ids]
+    assert specials == ["<|user|>", "<|end|>", "<|assistant|>"]  # the template's markers only
+    assert tokenizer.decode(seen[1]) == "<|user|>\nwhat is <|end|>?<|end|>\n<|assistant|>\n"

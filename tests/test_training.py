@@ -131,6 +131,22 @@ def test_a_run_leaves_a_hub_format_folder(tmp_path):
     assert sorted(p.name for p in (tmp_path / "mirror").iterdir()) == ["checkpoint-4", "checkpoint-8"]
 
 
+def test_validation_loss_agrees_with_evaluate_on_the_same_text(tmp_path):
+    # verbatim text (blank lines and all) with its own validation file, as a user with a book and a held-out chapter
+    text = "".join(f"Scene {i}.\n\nROMEO:\n  {SAMPLE_TEXT[i: i + 60 + i % 13]}\n\n\n" for i in range(150))
+    cut = int(len(text) * 0.85)
+    (tmp_path / "train.txt").write_text(text[:cut])
+    (tmp_path / "valid.txt").write_text(text[cut:])
+    metrics = train(tiny_run_args(tmp_path, inputs=str(tmp_path / "train.txt"),
+                                  validation_inputs=str(tmp_path / "valid.txt"), max_eval_samples=1000))
+    data = json.loads((tmp_path / "run" / "data" / "scratchgpt_data.json").read_text())
+    assert data["split_method"] == "validation_inputs" and data["splits"]["validation"]["blocks"] >= 50
+    result = subprocess.run([sys.executable, "-m", "scratchgpt.cli", "evaluate", str(tmp_path / "run"), "--input",
+                             str(tmp_path / "valid.txt"), "--json"], capture_output=True, text=True, check=True)
+    evaluated = json.loads(result.stdout)
+    assert evaluated["mean_nll"] == pytest.approx(metrics["eval_loss"], rel=0.02)
+
+
 def test_block_size_beyond_the_context_is_refused(tmp_path):
     with pytest.raises(ValueError, match="block_size 64 is larger than the model context n_positions 32"):
         train(tiny_run_args(tmp_path, block_size=64))
@@ -138,7 +154,7 @@ def test_block_size_beyond_the_context_is_refused(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"n_embd": 64}, "n_embd 32 there, 64 here"),
-    ({"tokenizer_type": "bpe", "vocab_size": 300}, "vocab_size 53 there, 300 here"),
+    ({"tokenizer_type": "bpe", "vocab_size": 300}, "vocab_size 54 there, 300 here"),
 ])
 def test_another_runs_checkpoints_are_refused(tmp_path, change, message):
     train(tiny_run_args(tmp_path, max_steps=4))
@@ -257,8 +273,12 @@ def test_two_process_ddp_on_cpu(tmp_path, launcher):
     script.write_text(RECORDER)
     env = {**os.environ, "RECORD_DIR": str(tmp_path), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
+    # every 32-character block holds a whole line with its own number, so equal blocks are the same block
+    text = tmp_path / "numbered.txt"
+    text.write_text("".join(f"line {i}: {i * i}\n" for i in range(1000)))
+
     def launch(**overrides):
-        args = tiny_run_args(tmp_path, save_steps=2, eval_steps=2, val_fraction=0.2, **overrides)
+        args = tiny_run_args(tmp_path, save_steps=2, eval_steps=2, val_fraction=0.2, inputs=str(text), **overrides)
         return subprocess.run([sys.executable, *LAUNCHERS[launcher], str(script), *args], capture_output=True,
                               text=True, cwd=tmp_path, timeout=600, env=env)
 

@@ -8,6 +8,8 @@
 | too-short documents (characters of content) | empty dropped | < 16 dropped | < 64 dropped |
 | exact duplicates | dropped | dropped | dropped |
 
+A long text document read in pieces (see ``sources``) is cleaned piece by piece: leading and trailing whitespace is
+cut only at the document's own start and end, and its pieces are never dropped as too short or duplicates.
 Conversations are cleaned message by message; their length is the length of all their content, and two
 conversations are duplicates when every message is equal. ``clean_batch`` is a pure function over a batch of the
 documents dataset (``text`` / ``messages`` columns); it also returns per-document counts of what each step removed,
@@ -43,13 +45,15 @@ def _is_removed(char: str, format_chars: bool) -> bool:
     return (category == "Cc" and char not in "\n\t") or (format_chars and category == "Cf")
 
 
-def _clean_text(text: str, settings: dict, counts: dict) -> str:
+def _clean_text(text: str, settings: dict, counts: dict, starts: bool = True, ends: bool = True) -> str:
     normalised = unicodedata.normalize(settings["normal_form"], text)
     counts["normalised"] += normalised != text
     kept = "".join(c for c in normalised if not _is_removed(c, settings["format_chars"]))
     counts["control_chars_removed"] += len(normalised) - len(kept)
     if settings["whitespace"]:
-        collapsed = _NEWLINE_RUNS.sub("\n\n", _TRAILING_SPACES.sub("\n", _SPACE_RUNS.sub(" ", kept))).strip()
+        collapsed = _NEWLINE_RUNS.sub("\n\n", _TRAILING_SPACES.sub("\n", _SPACE_RUNS.sub(" ", kept)))
+        collapsed = collapsed.lstrip() if starts else collapsed
+        collapsed = collapsed.rstrip() if ends else collapsed
         counts["whitespace_chars_removed"] += len(kept) - len(collapsed)
         kept = collapsed
     return kept
@@ -59,12 +63,14 @@ def clean_batch(batch: dict, mode: str) -> dict:
     """Clean a batch of documents; adds ``keep_length`` (characters of content) and ``digest`` (for exact
     duplicates) plus the per-step counts ``normalised``, ``control_chars_removed``, ``whitespace_chars_removed``."""
     settings = CLEAN_MODES[mode]
-    out = {"text": [], "messages": [], "length": [], "digest": [], "normalised": [], "control_chars_removed": [],
-           "whitespace_chars_removed": []}
-    for text, messages in zip(batch["text"], batch["messages"]):
+    out = {"text": [], "messages": [], "length": [], "digest": [], "is_piece": [], "normalised": [],
+           "control_chars_removed": [], "whitespace_chars_removed": []}
+    n = len(batch["text"])
+    pieces, ends = batch.get("piece") or [0] * n, batch.get("ends_document") or [True] * n
+    for text, messages, piece, end in zip(batch["text"], batch["messages"], pieces, ends):
         counts = {"normalised": 0, "control_chars_removed": 0, "whitespace_chars_removed": 0}
         if messages is None:
-            text = _clean_text(text, settings, counts)
+            text = _clean_text(text, settings, counts, starts=piece == 0, ends=end)
             length, key = len(text.strip()), text
         else:
             messages = [{"role": m["role"], "content": _clean_text(m["content"], settings, counts)} for m in messages]
@@ -73,6 +79,7 @@ def clean_batch(batch: dict, mode: str) -> dict:
         out["text"].append(text)
         out["messages"].append(messages)
         out["length"].append(length)
+        out["is_piece"].append(not (piece == 0 and end))
         out["digest"].append(hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest())
         for name, value in counts.items():
             out[name].append(value)
@@ -100,6 +107,10 @@ def clean_documents(documents: Dataset, mode: str, num_proc: int | None = None) 
                 seen.add(digest)
                 first[index] = True
             index += 1
+    # a piece of a longer document is kept whatever its length or content: dropping it would cut the document
+    pieces = table.column("is_piece").to_numpy(zero_copy_only=False)
+    long_enough |= pieces
+    first |= pieces
     keep = long_enough & first
     report = {
         "mode": mode,
@@ -111,5 +122,5 @@ def clean_documents(documents: Dataset, mode: str, num_proc: int | None = None) 
         "duplicates_removed": int((long_enough & ~first).sum()),
         "documents_out": int(keep.sum()),
     }
-    kept = cleaned.select(np.flatnonzero(keep)).select_columns(["text", "messages"])
+    kept = cleaned.select(np.flatnonzero(keep)).select_columns(documents.column_names)
     return kept, report

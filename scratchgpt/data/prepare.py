@@ -1,14 +1,27 @@
 """Raw text -> packed training blocks, stored as a memory-mapped Arrow ``DatasetDict`` on disk.
 
-Steps, each a function over a ``datasets.Dataset``: read documents (``sources``) -> clean (``cleaning``, optional)
--> split train/validation by document -> tokenize (``tokenize_batch``, batched, ``num_proc`` workers; a document
-ends with ``<|endoftext|>``) -> pack into blocks of ``block_size`` tokens (``pack_blocks``). Every intermediate
-lives in Arrow files on disk, so memory stays bounded whatever the corpus size.
+Steps, each a function over a ``datasets.Dataset``: read documents (``sources``; a long text comes in pieces) ->
+clean (``cleaning``, optional) -> split train/validation -> tokenize (``tokenize_batch``, batched, ``num_proc``
+workers; a document ends with ``<|endoftext|>``) -> pack into blocks of ``block_size`` tokens (``pack_blocks``).
+Every intermediate lives in Arrow files on disk, so memory stays bounded whatever the corpus size.
+
+The validation split (``split_method`` in the metadata) is, in this order of precedence:
+
+- ``validation_inputs``: the files given as validation data; nothing is split off the training inputs;
+- ``none``: ``val_fraction`` is 0;
+- ``document``: a seeded random ``val_fraction`` of the documents, when the corpus has at least
+  ``MIN_DOCUMENTS_TO_SPLIT`` documents (so that one document is never a large share of either split);
+- ``tail``: otherwise (one book, a few files) the last ``val_fraction`` of the token stream, in whole blocks, as
+  nanoGPT does; the partial block between the two splits is dropped, so no token is in both.
+
+Plain text is tokenized exactly as written: a literal ``<|endoftext|>`` or ``<|user|>`` inside a document is text,
+not a special id. Special ids come only from the separator between documents and from the chat template's own
+markers (``apply_chat_template(..., sanitize_control_tokens=True)`` where a message contains such a string).
 
 The output folder holds the ``save_to_disk`` layout (``train/``, ``validation/``) and ``scratchgpt_data.json``
-(counts, settings, tokenizer fingerprint, sources with sizes and modification times, cleaning report). It is built
-in a staging folder and moved into place when complete. Running again with the same inputs and settings reuses it;
-any change to an input, the tokenizer or a setting rebuilds it.
+(counts, settings, split method, tokenizer fingerprint, sources with sizes and modification times, cleaning
+report). It is built in a staging folder and moved into place when complete. Running again with the same inputs and
+settings reuses it; any change to an input (validation inputs included), the tokenizer or a setting rebuilds it.
 """
 
 import hashlib
@@ -26,17 +39,19 @@ from transformers import PreTrainedTokenizerBase
 
 from ..staging import staged_output
 from .cleaning import clean_documents
-from .sources import describe_inputs, iter_documents, resolve_inputs
+from .sources import DEFAULT_SEPARATOR, check_text_options, describe_inputs, iter_document_pieces, resolve_inputs
 
 
 __all__ = [
     "METADATA_FILE",
+    "MIN_DOCUMENTS_TO_SPLIT",
     "prepare_dataset",
     "load_prepared",
     "read_metadata",
     "token_dtype",
     "tokenizer_fingerprint",
     "tokenize_batch",
+    "encode_documents",
     "pack_blocks",
     "collate_blocks",
 ]
@@ -44,10 +59,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "scratchgpt_data.json"
-FORMAT_VERSION = 1
-DOCUMENT_FEATURES = Features(
-    {"text": Value("string"), "messages": List({"role": Value("string"), "content": Value("string")})}
-)
+# 2: .txt verbatim by default, documents in pieces, literal special-token strings, tail and explicit validation
+FORMAT_VERSION = 2
+MIN_DOCUMENTS_TO_SPLIT = 10
+DOCUMENT_FEATURES = Features({
+    "text": Value("string"),
+    "messages": List({"role": Value("string"), "content": Value("string")}),
+    "document": Value("int64"),  # index of the document this record belongs to
+    "piece": Value("int32"),  # index of this record within its document (0 for a document in one piece)
+    "ends_document": Value("bool"),  # the document's last piece: <|endoftext|> follows it
+})
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -61,46 +82,114 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
 
 
-def _document_records(inputs: list[str], text_documents: str):
-    for document in iter_documents(inputs, text_documents):
-        if isinstance(document, str):
-            yield {"text": document, "messages": None}
-        else:
-            yield {"text": None, "messages": document}
+def _document_records(inputs: list[str], text_documents: str, document_separator: str):
+    document, piece = 0, 0
+    for content, ends_document in iter_document_pieces(inputs, text_documents, document_separator):
+        text, messages = (content, None) if isinstance(content, str) else (None, content)
+        yield {"text": text, "messages": messages, "document": document, "piece": piece, "ends_document": ends_document}
+        document, piece = (document + 1, 0) if ends_document else (document, piece + 1)
+
+
+def _encode_literally(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of plain texts in which special-token strings are ordinary text (``split_special_tokens``)."""
+    backend = tokenizer.backend_tokenizer
+    before = backend.encode_special_tokens
+    backend.encode_special_tokens = True
+    try:
+        # encode_batch_fast skips offsets and masks: same ids, ~30% faster than tokenizer(texts)
+        return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    finally:
+        backend.encode_special_tokens = before
+
+
+def _encode_conversations(tokenizer: PreTrainedTokenizerBase, conversations: list) -> list[list[int]]:
+    """Token ids of conversations through the chat template: its role and end-of-turn markers are special ids,
+    the same strings inside a message are text."""
+    rendered = tokenizer.apply_chat_template(conversations, tokenize=False)
+    encodings = tokenizer.backend_tokenizer.encode_batch_fast(rendered, add_special_tokens=False)
+    ids = [encoding.ids for encoding in encodings]
+    added = tuple(tokenizer.added_tokens_encoder)
+    for i, conversation in enumerate(conversations):
+        if any(token in message["content"] for message in conversation for token in added):
+            # rare: transformers' own sanitising path (slower, one conversation at a time)
+            ids[i] = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False,
+                                                   sanitize_control_tokens=True)
+    return ids
 
 
 def tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase) -> dict:
-    """Token ids of each document followed by one ``<|endoftext|>``; conversations go through the chat template."""
-    texts = [text if messages is None else tokenizer.apply_chat_template(messages, tokenize=False)
-             for text, messages in zip(batch["text"], batch["messages"])]
+    """Token ids of each record (plain text literally, conversations through the chat template), followed by one
+    ``<|endoftext|>`` where the record ends its document."""
+    ids: list[list[int] | None] = [None] * len(batch["text"])
+    plain = [i for i, messages in enumerate(batch["messages"]) if messages is None]
+    chats = [i for i, messages in enumerate(batch["messages"]) if messages is not None]
+    for i, encoded in zip(plain, _encode_literally(tokenizer, [batch["text"][i] for i in plain])):
+        ids[i] = encoded
+    if chats:
+        for i, encoded in zip(chats, _encode_conversations(tokenizer, [batch["messages"][i] for i in chats])):
+            ids[i] = encoded
+    ends = batch.get("ends_document") or [True] * len(ids)
     eos = tokenizer.eos_token_id
-    # the backend's encode_batch_fast skips offsets and masks: same ids, ~30% faster than tokenizer(texts)
-    encodings = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-    return {"input_ids": [encoding.ids + [eos] for encoding in encodings]}
+    return {"input_ids": [encoded + [eos] if end else encoded for encoded, end in zip(ids, ends)]}
 
 
-def pack_blocks(token_dataset: Dataset, block_size: int):
-    """Yield ``{"input_ids": block}`` for consecutive ``block_size`` slices of the concatenated token stream; only
-    the final partial block is dropped. Reads the memory-mapped tokens batch by batch (bounded memory)."""
-    carry = None
+def encode_documents(tokenizer: PreTrainedTokenizerBase, documents) -> list[int]:
+    """The token stream ``prepare_dataset`` builds from ``documents`` (strings or conversations), in memory: each
+    document's ids followed by ``<|endoftext|>``. What ``scratchgpt evaluate`` scores."""
+    stream: list[int] = []
+    batch = {"text": [], "messages": []}
+    for document in documents:
+        batch["text"].append(document if isinstance(document, str) else None)
+        batch["messages"].append(None if isinstance(document, str) else document)
+        if len(batch["text"]) == 1000:
+            stream += [i for ids in tokenize_batch(batch, tokenizer)["input_ids"] for i in ids]
+            batch = {"text": [], "messages": []}
+    if batch["text"]:
+        stream += [i for ids in tokenize_batch(batch, tokenizer)["input_ids"] for i in ids]
+    return stream
+
+
+def pack_blocks(token_dataset: Dataset, block_size: int, start: int = 0, stop: int | None = None):
+    """Yield ``{"input_ids": block}`` for consecutive ``block_size`` slices of the concatenated token stream between
+    token positions ``start`` and ``stop`` (default: its end); only a final partial block is dropped. Reads the
+    memory-mapped tokens batch by batch (bounded memory)."""
+    carry, position = None, 0  # position: stream index of flat[0]
     for table in token_dataset.with_format("arrow").iter(batch_size=4096):
         flat = pc.list_flatten(table.column("input_ids")).to_numpy()
         if carry is not None:
             flat = np.concatenate([carry, flat])
+        if position < start:
+            skipped = min(start - position, len(flat))
+            flat, position = flat[skipped:], position + skipped
+        if stop is not None:
+            flat = flat[: max(0, stop - position)]
         n_blocks = len(flat) // block_size
         yield from ({"input_ids": block} for block in flat[: n_blocks * block_size].reshape(n_blocks, block_size))
-        carry = flat[n_blocks * block_size:]
+        carry, position = flat[n_blocks * block_size:], position + n_blocks * block_size
+        if stop is not None and position + block_size > stop:
+            return
 
 
-def _split_documents(documents: Dataset, val_fraction: float, seed: int) -> dict[str, Dataset]:
-    if val_fraction == 0:
-        return {"train": documents}
-    n_validation = round(len(documents) * val_fraction)
-    if n_validation == 0 or n_validation == len(documents):
-        raise ValueError(f"{len(documents)} documents cannot be split with a validation fraction of {val_fraction}: "
-                         f"give more documents or --val-fraction 0")
-    split = documents.train_test_split(test_size=n_validation, seed=seed)
-    return {"train": split["train"], "validation": split["test"]}
+def _column(dataset: Dataset, name: str) -> np.ndarray:
+    """One column as numpy, through the dataset's indices mapping (``dataset.data`` would ignore a ``select``)."""
+    return np.asarray(dataset.with_format("numpy")[name])
+
+
+def _validation_documents(documents: Dataset, val_fraction: float, seed: int) -> np.ndarray | None:
+    """The document indices held out for validation, or None when the corpus is too small to split by document."""
+    ids = np.unique(_column(documents, "document"))
+    n_validation = round(len(ids) * val_fraction)
+    if len(ids) < MIN_DOCUMENTS_TO_SPLIT or n_validation == 0:
+        return None
+    return np.random.default_rng(seed).choice(ids, size=n_validation, replace=False)
+
+
+def _n_tokens(token_ids: Dataset) -> int:
+    return int(pc.sum(pc.list_value_length(token_ids.data.column("input_ids"))).as_py() or 0)
+
+
+def _n_documents(records: Dataset) -> int:
+    return int(_column(records, "ends_document").sum())
 
 
 def read_metadata(path: str | Path) -> dict | None:
@@ -120,6 +209,19 @@ def load_prepared(path: str | Path) -> DatasetDict:
     return load_from_disk(str(path)).with_format("numpy", dtype=np.dtype(metadata["dtype"]))
 
 
+def _read_documents(files: list[str], text_documents: str, document_separator: str, cache: str,
+                    fingerprint: str) -> Dataset:
+    try:
+        return Dataset.from_generator(
+            _document_records, features=DOCUMENT_FEATURES, cache_dir=cache, fingerprint=fingerprint,
+            gen_kwargs={"inputs": files, "text_documents": text_documents, "document_separator": document_separator})
+    except DatasetGenerationError as error:
+        # datasets wraps whatever the reader raised; a bad-input error is the user's one-line message
+        if isinstance(error.__cause__, (ValueError, OSError)):
+            raise error.__cause__ from None
+        raise
+
+
 def prepare_dataset(
     tokenizer: PreTrainedTokenizerBase,
     inputs: list[str],
@@ -129,13 +231,17 @@ def prepare_dataset(
     clean: str = "off",
     num_proc: int | None = None,
     seed: int = 0,
-    text_documents: str = "paragraph",
+    text_documents: str = "file",
+    document_separator: str = DEFAULT_SEPARATOR,
+    validation_inputs: list[str] | None = None,
     rebuild: bool = False,
 ) -> DatasetDict:
     """Build (or reuse) the packed dataset for ``inputs`` in ``output``; returns it loaded with ``load_prepared``.
 
-    Raises ``ValueError``/``FileNotFoundError`` naming the problem for bad inputs or settings, including a corpus
-    too small for one block; in that case nothing is written at ``output``.
+    ``validation_inputs`` (files in any input format) become the validation split; otherwise ``val_fraction`` of the
+    inputs is held out (see the module docstring for how). Raises ``ValueError``/``FileNotFoundError`` naming the
+    problem for bad inputs or settings, including a corpus too small for one block per split; in that case nothing
+    is written at ``output``.
     """
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2, got {block_size}")
@@ -143,16 +249,19 @@ def prepare_dataset(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no end-of-text (eos) token to separate documents")
+    check_text_options(text_documents, document_separator)
     files = resolve_inputs(inputs)
+    validation_files = resolve_inputs(validation_inputs) if validation_inputs else []
     dtype = token_dtype(len(tokenizer))
     identity = {
         "format_version": FORMAT_VERSION,
         "settings": {"block_size": block_size, "val_fraction": val_fraction, "clean": clean, "seed": seed,
-                     "text_documents": text_documents},
+                     "text_documents": text_documents, "document_separator": document_separator},
         "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer), "vocab_size": len(tokenizer),
                       "eos_token_id": tokenizer.eos_token_id},
         "dtype": dtype,
         "sources": describe_inputs(files),
+        "validation_sources": describe_inputs(validation_files),
     }
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
     existing = read_metadata(output)
@@ -164,38 +273,63 @@ def prepare_dataset(
 
     with staged_output(output, overwrite=existing is not None) as staging:
         cache = str(staging / "cache")
-        try:
-            documents = Dataset.from_generator(
-                _document_records, features=DOCUMENT_FEATURES, cache_dir=cache, fingerprint=fingerprint[:32],
-                gen_kwargs={"inputs": files, "text_documents": text_documents})
-        except DatasetGenerationError as error:
-            # datasets wraps whatever the reader raised; a bad-input error is the user's one-line message
-            if isinstance(error.__cause__, (ValueError, OSError)):
-                raise error.__cause__ from None
-            raise
+        documents = _read_documents(files, text_documents, document_separator, cache, fingerprint[:32])
         if len(documents) == 0:
             raise ValueError(f"no documents in {', '.join(inputs)}")
         documents, cleaning = clean_documents(documents, clean, num_proc)
+        held_out = None if validation_files or val_fraction == 0 else \
+            _validation_documents(documents, val_fraction, seed)
+        if validation_files:
+            method = "validation_inputs"
+            parts = {"train": documents, "validation": _read_documents(validation_files, text_documents,
+                                                                       document_separator, cache,
+                                                                       f"{fingerprint[:32]}-validation-documents")}
+            if len(parts["validation"]) == 0:
+                raise ValueError(f"no documents in {', '.join(validation_inputs)}")
+        elif val_fraction == 0:
+            method, parts = "none", {"train": documents}
+        elif held_out is not None:
+            method = "document"
+            mask = np.isin(_column(documents, "document"), held_out)
+            parts = {"train": documents.select(np.flatnonzero(~mask)),
+                     "validation": documents.select(np.flatnonzero(mask))}
+        else:
+            method, parts = "tail", {"train": documents}
+
+        tokenized = {name: part.map(
+            tokenize_batch, batched=True, num_proc=num_proc, fn_kwargs={"tokenizer": tokenizer},
+            remove_columns=part.column_names, features=Features({"input_ids": List(Value(dtype))}),
+            desc=f"Tokenizing {name}") for name, part in parts.items()}
+        # (split name, token dataset, first token, last token + 1, documents) of each split
+        spans = [(name, token_ids, 0, _n_tokens(token_ids), _n_documents(parts[name]))
+                 for name, token_ids in tokenized.items()]
+        if method == "tail":
+            n_tokens = spans[0][3]
+            n_validation = max(1, round(n_tokens // block_size * val_fraction))
+            n_train = (n_tokens - n_validation * block_size) // block_size
+            if n_train < 1:
+                raise ValueError(f"the corpus has {n_tokens:,} tokens, too few for a training and a validation block "
+                                 f"of block_size {block_size}: give more text, a smaller block size or a "
+                                 f"val_fraction of 0")
+            validation_start = n_tokens - n_validation * block_size
+            spans = [("train", tokenized["train"], 0, validation_start, spans[0][4]),
+                     ("validation", tokenized["train"], validation_start, n_tokens, 0)]
         splits, counts = {}, {}
-        for name, split_documents in _split_documents(documents, val_fraction, seed).items():
-            token_ids = split_documents.map(
-                tokenize_batch, batched=True, num_proc=num_proc, fn_kwargs={"tokenizer": tokenizer},
-                remove_columns=["text", "messages"], features=Features({"input_ids": List(Value(dtype))}),
-                desc=f"Tokenizing {name}")
-            n_tokens = int(pc.sum(pc.list_value_length(token_ids.data.column("input_ids"))).as_py() or 0)
-            n_blocks = n_tokens // block_size
+        for name, token_ids, start, stop, n_documents in spans:
+            n_blocks = (stop - start) // block_size
             if n_blocks == 0:
-                raise ValueError(f"the {name} split has {n_tokens:,} tokens, fewer than one block of block_size "
+                raise ValueError(f"the {name} split has {stop - start:,} tokens, fewer than one block of block_size "
                                  f"{block_size}: give more text, a smaller block size or a different val fraction")
             splits[name] = Dataset.from_generator(
                 pack_blocks, features=Features({"input_ids": List(Value(dtype), length=block_size)}),
                 cache_dir=cache, fingerprint=f"{fingerprint[:32]}-{name}",
-                gen_kwargs={"token_dataset": token_ids, "block_size": block_size})
-            counts[name] = {"documents": len(split_documents), "tokens": n_tokens, "blocks": n_blocks,
-                            "tokens_dropped": n_tokens - n_blocks * block_size}
+                gen_kwargs={"token_dataset": token_ids, "block_size": block_size, "start": start, "stop": stop})
+            counts[name] = {"documents": n_documents, "tokens": stop - start, "blocks": n_blocks,
+                            "tokens_dropped": stop - start - n_blocks * block_size}
         DatasetDict(splits).save_to_disk(str(staging))
         shutil.rmtree(cache)
-        metadata = {**identity, "fingerprint": fingerprint, "splits": counts, "cleaning": cleaning}
+        metadata = {**identity, "fingerprint": fingerprint, "split_method": method, "splits": counts,
+                    "cleaning": cleaning}
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return load_prepared(output)
 

@@ -6,14 +6,23 @@ corpus size. Bad input raises ``ValueError``/``FileNotFoundError`` naming the fi
 
 Inputs understood by ``iter_documents``:
 
-- ``.txt``: documents separated by one or more blank lines (``text_documents="paragraph"``, the default), or one
-  document per file (``text_documents="file"``);
+- ``.txt``: the text exactly as written (blank lines, indentation, trailing newline, Windows line ends), as one
+  document per file (``text_documents="file"``, the default); or documents separated by a literal string
+  (``text_documents="separator"``, ``document_separator="<|endoftext|>"`` by default: the separator is not kept, and
+  neither is one line break on either side of it, so a separator on a line of its own leaves no trace); or
+  documents separated by one or more blank lines (``text_documents="paragraph"``, for corpora where a blank line
+  really ends a document);
 - ``.jsonl``: one JSON object per line with a ``text`` string or a ``messages`` list;
 - ``.parquet``: a ``text`` (string) or ``messages`` column, read in record batches;
 - a folder: every file of those kinds under it, in sorted order; a glob pattern (``data/*.txt``) likewise;
 - ``chitchat``: the built-in corpus of the ``chitchat-dataset`` package (7,168 human-to-human chats).
 
 Invalid UTF-8 is rejected, not repaired: the error names the file and line, so a corpus is never silently altered.
+
+A long text document is read in pieces of about ``PIECE_CHARS`` characters (``iter_document_pieces``), cut only
+between a line that ends in a non-space character and a line that starts with one: there a byte-level BPE (GPT-2
+style pre-tokenizer) and a character tokenizer give the same ids for the pieces as for the whole text, so a 10 GB
+single-file corpus streams with bounded memory and still tokenizes exactly as one document.
 """
 
 import glob
@@ -27,9 +36,13 @@ __all__ = [
     "CHITCHAT",
     "ROLES",
     "Document",
+    "TEXT_DOCUMENTS",
+    "DEFAULT_SEPARATOR",
+    "PIECE_CHARS",
     "resolve_inputs",
     "describe_inputs",
     "iter_documents",
+    "iter_document_pieces",
     "iter_texts",
     "chitchat_conversations",
 ]
@@ -37,6 +50,9 @@ __all__ = [
 CHITCHAT = "chitchat"
 ROLES = ("system", "user", "assistant")
 SUFFIXES = (".txt", ".jsonl", ".parquet")
+TEXT_DOCUMENTS = ("file", "separator", "paragraph")
+DEFAULT_SEPARATOR = "<|endoftext|>"
+PIECE_CHARS = 1 << 20
 
 Document = str | list[dict[str, str]]
 
@@ -68,8 +84,8 @@ def resolve_inputs(paths: Iterable[str]) -> list[str]:
 
 
 def _lines(path: str) -> Iterator[tuple[int, str]]:
-    """(line number, line) pairs of a UTF-8 file, with Windows line ends read as "\n". Lines are decoded one at a
-    time so invalid UTF-8 is reported with its exact line and byte column."""
+    """(line number, line) pairs of a UTF-8 file, each line with its line end exactly as written. Lines are decoded
+    one at a time so invalid UTF-8 is reported with its exact line and byte column."""
     with open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
             try:
@@ -77,24 +93,69 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
             except UnicodeDecodeError as error:
                 raise ValueError(f"{path}:{line_number}: not valid UTF-8 ({error.reason} at byte {error.start + 1} "
                                  f"of the line); re-encode the file as UTF-8") from None
-            yield line_number, line[:-2] + "\n" if line.endswith("\r\n") else line
+            yield line_number, line
 
 
-def _text_documents(path: str, text_documents: str) -> Iterator[str]:
+# A text segment, and what follows it: None (the document goes on), _END (the document ends) or _END_TRIM (the
+# document ends, without one line break at its end).
+_END, _END_TRIM = "end", "end-trim"
+
+
+def _text_segments(path: str, text_documents: str, separator: str) -> Iterator[tuple[str, str | None]]:
+    lines = (line for _, line in _lines(path))
     if text_documents == "file":
-        text = "".join(line for _, line in _lines(path))
-        if text.strip():
-            yield text
-        return
-    paragraph: list[str] = []
-    for _, line in _lines(path):
-        if line.strip():
-            paragraph.append(line)
-        elif paragraph:
-            yield "".join(paragraph).rstrip("\n")
-            paragraph = []
-    if paragraph:
-        yield "".join(paragraph).rstrip("\n")
+        yield from ((line, None) for line in lines)
+        yield "", _END
+    elif text_documents == "paragraph":
+        in_paragraph = False
+        for line in lines:
+            if line.strip():
+                in_paragraph = True
+                yield line, None
+            elif in_paragraph:
+                in_paragraph = False
+                yield "", _END_TRIM
+        if in_paragraph:
+            yield "", _END_TRIM
+    else:
+        drop_line_break = False  # set after a separator: one line break right after it belongs to it
+        for line in lines:
+            for i, part in enumerate(line.split(separator)):
+                if i > 0:  # a separator stood before this part: the document before it ends there
+                    yield "", _END_TRIM
+                    drop_line_break = True
+                if drop_line_break and part:
+                    part = part[2:] if part.startswith("\r\n") else part.removeprefix("\n")
+                    drop_line_break = False
+                if part:
+                    yield part, None
+        yield "", _END
+
+
+def _safe_cut(before: str, after: str) -> bool:
+    """Whether a document may be cut between ``before`` and ``after`` without changing its token ids (see the module
+    docstring): ``before`` ends a line with a non-space character and ``after`` starts with one."""
+    return (len(before) >= 2 and before[-1] == "\n" and not before[-2].isspace()
+            and after[:1] != "" and not after[0].isspace())
+
+
+def _text_pieces(path: str, text_documents: str, separator: str) -> Iterator[tuple[str, bool]]:
+    buffer: list[str] = []
+    size, continued = 0, False
+    for text, end in _text_segments(path, text_documents, separator):
+        if text:
+            if size >= PIECE_CHARS and _safe_cut(buffer[-1], text):
+                yield "".join(buffer), False
+                buffer, size, continued = [], 0, True
+            buffer.append(text)
+            size += len(text)
+        if end is not None:
+            document = "".join(buffer)
+            if end == _END_TRIM:
+                document = document[:-2] if document.endswith("\r\n") else document.removesuffix("\n")
+            if document or continued:
+                yield document, True
+            buffer, size, continued = [], 0, False
 
 
 def _check_messages(messages, where: str) -> list[dict[str, str]]:
@@ -168,19 +229,43 @@ def chitchat_conversations() -> Iterator[list[dict[str, str]]]:
             yield conversation
 
 
-def iter_documents(paths: Iterable[str], text_documents: str = "paragraph") -> Iterator[Document]:
-    """Every document of every input, in order. Inputs are checked up front (see ``resolve_inputs``)."""
-    if text_documents not in ("paragraph", "file"):
-        raise ValueError(f"text_documents must be 'paragraph' or 'file', got {text_documents!r}")
+def check_text_options(text_documents: str, document_separator: str = DEFAULT_SEPARATOR) -> None:
+    """Raise ``ValueError`` (one line) for an unknown ``text_documents`` mode or an unusable separator."""
+    if text_documents not in TEXT_DOCUMENTS:
+        raise ValueError(f"text_documents must be one of {', '.join(TEXT_DOCUMENTS)}; got {text_documents!r}")
+    if text_documents == "separator" and (not document_separator or "\n" in document_separator):
+        raise ValueError(f"document_separator must be a non-empty string without line breaks; got "
+                         f"{document_separator!r}")
+
+
+def iter_document_pieces(paths: Iterable[str], text_documents: str = "file",
+                         document_separator: str = DEFAULT_SEPARATOR) -> Iterator[tuple[Document, bool]]:
+    """Every document of every input, in order, as ``(piece, ends_document)`` pairs: a long text document comes in
+    several pieces (see the module docstring), every other document as one piece with ``ends_document`` true.
+    Inputs are checked up front (see ``resolve_inputs``)."""
+    check_text_options(text_documents, document_separator)
     for path in resolve_inputs(paths):
         if path == CHITCHAT:
-            yield from chitchat_conversations()
+            yield from ((conversation, True) for conversation in chitchat_conversations())
         elif path.endswith(".jsonl"):
-            yield from _jsonl_documents(path)
+            yield from ((document, True) for document in _jsonl_documents(path))
         elif path.endswith(".parquet"):
-            yield from _parquet_documents(path)
+            yield from ((document, True) for document in _parquet_documents(path))
         else:
-            yield from _text_documents(path, text_documents)
+            yield from _text_pieces(path, text_documents, document_separator)
+
+
+def iter_documents(paths: Iterable[str], text_documents: str = "file",
+                   document_separator: str = DEFAULT_SEPARATOR) -> Iterator[Document]:
+    """Every document of every input, in order, whole (a long text document is held in memory in one string; use
+    ``iter_document_pieces`` to stream it)."""
+    pieces: list[str] = []
+    for piece, ends_document in iter_document_pieces(paths, text_documents, document_separator):
+        if ends_document:
+            yield "".join([*pieces, piece]) if pieces else piece
+            pieces = []
+        else:
+            pieces.append(piece)
 
 
 def describe_inputs(files: Iterable[str]) -> list[dict]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..data.sources import DEFAULT_SEPARATOR
 from ..modeling import PRESETS
 
 
@@ -52,10 +53,18 @@ class DataArguments:
     prepared_data: str | None = field(default=None, metadata={
         "help": "prepared dataset folder; built there if missing or stale (default: <output_dir>/data)"})
     block_size: int | None = field(default=None, metadata={"help": "tokens per block (default: model context)"})
-    val_fraction: float = field(default=0.1, metadata={"help": "fraction of documents held out for validation"})
+    val_fraction: float = field(default=0.1, metadata={
+        "help": "fraction held out for validation: of the documents, or of the token stream's tail when there are "
+                "fewer than 10 documents"})
     clean: str = field(default="off", metadata={"help": "cleaning mode: off, lenient, balanced, strict"})
     num_proc: int | None = field(default=None, metadata={"help": "worker processes for tokenizing"})
-    text_documents: str = field(default="paragraph", metadata={"help": ".txt documents: 'paragraph' or 'file'"})
+    validation_inputs: list[str] | None = field(default=None, metadata={
+        "help": "validation data (files in any input format); then nothing is split off the inputs"})
+    text_documents: str = field(default="file", metadata={
+        "help": ".txt documents: 'file' (each file verbatim), 'separator' (split at document_separator) or "
+                "'paragraph' (split at blank lines)"})
+    document_separator: str = field(default=DEFAULT_SEPARATOR, metadata={
+        "help": "the literal string between documents in text_documents 'separator' mode (not kept)"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "evaluate on at most this many blocks"})
     sample_prompts: list[str] = field(
         default_factory=lambda: ["Hi! How are you doing today?", "What do you like to do on weekends?",

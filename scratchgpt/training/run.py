@@ -16,7 +16,7 @@ import torch
 from transformers import AutoTokenizer, Trainer, set_seed
 
 from ..data.prepare import collate_blocks, prepare_dataset, read_metadata
-from ..data.sources import iter_documents, iter_texts
+from ..data.sources import iter_document_pieces, iter_texts
 from ..metrics import metric_path
 from ..modeling import ScratchGPTConfig, ScratchGPTForCausalLM
 from ..tokenization import generation_eos_token_ids, train_tokenizer
@@ -70,7 +70,8 @@ def load_or_train_tokenizer(data_args: DataArguments, path: Path):
                            data_args.vocab_size)
         return tokenizer
     logger.info("no tokenizer at %s: training a %s tokenizer from the inputs", path, data_args.tokenizer_type)
-    texts = iter_texts(iter_documents(data_args.inputs, data_args.text_documents))
+    pieces = iter_document_pieces(data_args.inputs, data_args.text_documents, data_args.document_separator)
+    texts = iter_texts(piece for piece, _ in pieces)
     tokenizer = train_tokenizer(texts, data_args.tokenizer_type, vocab_size=data_args.vocab_size)
     tokenizer.save_pretrained(path)
     return tokenizer
@@ -117,6 +118,8 @@ def _training_summary(training_args, data_args: DataArguments, block_size: int, 
     batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     return {
         "inputs": data_args.inputs,
+        "validation_inputs": data_args.validation_inputs,
+        "split_method": data.get("split_method"),
         "train_tokens": data["splits"]["train"]["tokens"],
         "validation_tokens": data["splits"].get("validation", {}).get("tokens", 0),
         "block_size": block_size,
@@ -159,7 +162,9 @@ def main(argv: list[str]) -> dict:
         dataset = prepare_dataset(tokenizer, data_args.inputs, data_path, block_size=block_size,
                                   val_fraction=data_args.val_fraction, clean=data_args.clean,
                                   num_proc=data_args.num_proc, seed=training_args.seed,
-                                  text_documents=data_args.text_documents)
+                                  text_documents=data_args.text_documents,
+                                  document_separator=data_args.document_separator,
+                                  validation_inputs=data_args.validation_inputs)
 
     resume_from = latest_complete_checkpoint(output_dir, training_args.world_size)
     if resume_from is not None:
