@@ -2,6 +2,7 @@
 backward, for several chunk sizes.
 
     python bench/loss.py [--tokens 2048] [--repeats 7] [--chunks 256 512 1024 2048] [--shapes 256x8192 ...] [--bf16]
+    python bench/loss.py --device cuda --bf16 --tokens 32768 --shapes 768x32000 --chunks 2048 8192 32768
 
 Shapes: the small preset's head (D = 256, V = 8,192), the medium preset's (384, 8,192) and a GPT-2-small-like one
 (768, 32,000), over ``--tokens`` positions (8 x 256, as in the CPU suite). Every variant starts from the same
@@ -28,11 +29,15 @@ SHAPES = [(256, 8192), (384, 8192), (768, 32000)]
 
 
 def forward_backward(loss_of, hidden, weight, bf16: bool = False):
+    device = hidden.device.type
+
     def run():
         h, w = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             loss = loss_of(h, w)
         loss.backward()
+        if device == "cuda":
+            torch.cuda.synchronize()  # time the work, not its launch
     return run
 
 
@@ -45,6 +50,7 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=[f"{d}x{v}" for d, v in SHAPES],
                         help="head shapes as DxV")
     parser.add_argument("--bf16", action="store_true", help="under bf16 autocast, as with --bf16 true in train.py")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -52,9 +58,9 @@ def main() -> None:
     chunks = args.chunks
     for shape in args.shapes:
         hidden_size, vocab = map(int, shape.split("x"))
-        hidden = torch.randn(1, args.tokens, hidden_size)
-        weight = torch.randn(vocab, hidden_size) * 0.02
-        labels = torch.randint(0, vocab, (1, args.tokens))
+        hidden = torch.randn(1, args.tokens, hidden_size, device=args.device)
+        weight = torch.randn(vocab, hidden_size, device=args.device) * 0.02
+        labels = torch.randint(0, vocab, (1, args.tokens), device=args.device)
         variants = {"reference": forward_backward(
             lambda h, w: ForCausalLMLoss(h @ w.T, labels, vocab_size=vocab), hidden, weight, args.bf16)}
         for rows in chunks:
@@ -66,6 +72,7 @@ def main() -> None:
         times = alternate(variants, args.repeats)
         medians = {name: statistics.median(values) for name, values in times.items()}
         row = {"hidden_size": hidden_size, "vocab": vocab, "tokens": args.tokens, "bf16": args.bf16,
+               "device": args.device,
                "reference_ms": 1e3 * medians["reference"],
                "chunked_ms": {rows: 1e3 * medians[rows] for rows in chunks}}
         results.append(row)

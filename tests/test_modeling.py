@@ -433,3 +433,65 @@ def test_remote_code_load_where_scratchgpt_is_not_importable(tmp_path):
                             env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote-code-ok transformers_modules" in result.stdout
+
+
+# --- CUDA (run by bench/gpu_check.sh on a GPU machine; skipped with a reason elsewhere) -----------------------------
+
+
+@pytest.mark.gpu
+def test_cuda_sdpa_runs_the_flash_kernel_and_agrees_with_eager():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    config = tiny_config(n_embd=128, n_head=2, n_positions=256)  # head dim 64: a shape the flash kernel takes
+    model = ScratchGPTForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    ids = torch.randint(0, config.vocab_size, (2, 256), device="cuda")
+    with torch.no_grad():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # raises if the flash kernel cannot run this call
+            flash = model(ids).logits.float()
+        model.set_attn_implementation("eager")
+        eager = model(ids).logits.float()
+    torch.testing.assert_close(flash, eager, atol=3e-2, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("autocast", [False, True])
+def test_cuda_chunked_loss_equals_logits_and_causal_lm_loss(autocast):
+    torch.manual_seed(0)
+    hidden = torch.randn(4, 512, 256, device="cuda", requires_grad=True)
+    weight = (torch.randn(32000, 256, device="cuda") * 0.02).requires_grad_()
+    labels = torch.randint(0, 32000, (4, 512), device="cuda")
+    labels[:, :7] = -100
+    losses, grads = [], []
+    for loss_of in (lambda h, w: ForCausalLMLoss(h @ w.T, labels, vocab_size=32000),
+                    lambda h, w: chunked_causal_lm_loss(h, w, labels)):  # default chunk rule for CUDA
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_of(hidden, weight)
+        losses.append(loss.float())
+        grads.append(torch.autograd.grad(loss, (hidden, weight)))
+    tolerance = 2e-2 if autocast else 1e-5
+    torch.testing.assert_close(losses[1], losses[0], atol=tolerance, rtol=tolerance)
+    for ours, reference in zip(grads[1], grads[0]):
+        torch.testing.assert_close(ours.float(), reference.float(), atol=tolerance * 1e-2, rtol=tolerance * 10)
+
+
+@pytest.mark.gpu
+def test_cuda_compiled_bf16_training_matches_eager_and_learns():
+    config = tiny_config(n_embd=128, n_head=2, n_positions=128, vocab_size=512)
+    ids = torch.randint(0, 512, (8, 128), device="cuda")
+    losses = {}
+    for name in ("eager", "compiled"):
+        torch.manual_seed(0)
+        model = ScratchGPTForCausalLM(config).cuda().train()
+        step_model = torch.compile(model) if name == "compiled" else model
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, fused=True)
+        losses[name] = []
+        for _ in range(20):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = step_model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses[name].append(loss.item())
+    assert losses["compiled"][0] == pytest.approx(losses["eager"][0], rel=1e-2)
+    assert losses["compiled"][-1] < 0.5 * losses["compiled"][0]  # memorises the batch
+    assert losses["compiled"][-1] == pytest.approx(losses["eager"][-1], rel=0.1, abs=0.05)
