@@ -117,7 +117,8 @@ print(*(json.dumps({"messages": [{"role": "user", "content": f"hello number {i}"
         > "$OUT/carry/chitchat.jsonl"
     DATA=(--inputs "$OUT/carry/chitchat.jsonl" --tokenizer_type char)
 else
-    SIZE=(--max_eval_samples 256 --sample_max_new_tokens 20)
+    # a short warm-up, so that 200 steps show learning (the config's 2,000 would leave the rate near zero)
+    SIZE=(--max_eval_samples 256 --sample_max_new_tokens 20 --warmup_steps 20)
     STEPS=(200 300) EVERY=100
     gunzip -kf "$CARRY/chitchat.jsonl.gz"
     DATA=(--inputs "$CARRY/chitchat.jsonl" --tokenizer_path "$CARRY/tokenizer")
@@ -125,7 +126,7 @@ fi
 RUN=/tmp/gpu_check_run
 rm -rf "$RUN"
 for max_steps in "${STEPS[@]}"; do
-    step "train_to_$max_steps" 200 bash -c '"$@" 2>&1 | stamp' _ $PY train.py configs/gpt2_small.yaml "${DATA[@]}" \
+    step "train_to_$max_steps" 200 bash -c 'set -o pipefail; "$@" 2>&1 | stamp' _ $PY train.py configs/gpt2_small.yaml "${DATA[@]}" \
         "${SIZE[@]}" --output_dir "$RUN" --max_steps "$max_steps" --save_steps "$EVERY" --eval_steps "$EVERY" \
         --logging_steps $(( EVERY / 4 > 0 ? EVERY / 4 : 1 )) --report_to none --disable_tqdm true
 done

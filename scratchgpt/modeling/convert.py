@@ -86,13 +86,13 @@ def _shared_config_fields(config) -> dict:
 
 @torch.no_grad()
 def _transfer(source, target, names: list[tuple[str, str, bool]]):
-    """Copy ``source``'s weights into ``target`` by (source name, target name, transpose) rows, with its dtype,
-    attention implementation, generation config and train/eval mode."""
+    """Copy ``source``'s weights into ``target`` by (source name, target name, transpose) rows, with its device,
+    dtype, attention implementation, generation config and train/eval mode."""
     state = source.state_dict()
     target.load_state_dict({dst: state[src].t() if transposed else state[src] for src, dst, transposed in names})
     target.set_attn_implementation(source.config._attn_implementation)
     target.generation_config = source.generation_config
-    return target.to(source.dtype).train(source.training)
+    return target.to(device=source.device, dtype=source.dtype).train(source.training)
 
 
 def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:

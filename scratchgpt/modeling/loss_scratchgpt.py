@@ -41,7 +41,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     pass only scales those by the incoming gradient. The matrix multiplications are those of logits +
     cross-entropy + backward; what goes is the (N, V) float32 copy, log-softmax, zero-filled gradient and the
     passes over them, and memory for logits is bounded by one chunk. Shapes stay static (no selection of rows), so
-    it compiles in one graph.
+    it needs no data-dependent shapes (it is kept out of torch.compile all the same: see below).
     """
 
     @staticmethod
@@ -82,6 +82,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight * grad_loss.to(grad_weight.dtype), None, None, None
 
 
+# Never traced by torch.compile: the compiled model runs its blocks as one graph and this loss eagerly. Under torch
+# 2.11 with CUDA, dynamo's tracing of the autograd.Function above silently produced zero gradients (grad_norm 0
+# through the Trainer, no learning in a compiled bf16 step) and crashed on a recompile; eager, it is exact.
+@torch.compiler.disable
 def chunked_causal_lm_loss(
     hidden_states: torch.Tensor,  # (B, T, D), the final hidden states
     lm_head_weight: torch.Tensor,  # (V, D)
