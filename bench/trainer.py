@@ -4,7 +4,8 @@ as train.py builds it) against a bare PyTorch loop over the same model, data, ba
     python bench/trainer.py [--preset small] [--steps 40] [--repeats 3]
 
 Both train on the same memory-mapped prepared dataset (random uint16 blocks, prepared format), with fused AdamW, the
-same learning rate and no evaluation; tokens/s counts only the measured steps (the first steps are warm-up).
+same learning rate and no evaluation; tokens/s counts only the measured steps (the first steps are warm-up), timed
+over the same span in both: from the start of the first measured step to the end of the last one.
 Each repetition runs both, alternating; medians are reported with the ratio full/bare.
 """
 
@@ -33,7 +34,8 @@ WARMUP = 5
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of the steps after the warm-up ones."""
+    """Wall time of the steps after the warm-up ones: from the start of step WARMUP + 1 to the end of the last step,
+    the span the bare loop times (not the Trainer's end-of-training work after it)."""
 
     def __init__(self):
         self.start = None
@@ -43,8 +45,9 @@ class StepTimer(TrainerCallback):
         if state.global_step == WARMUP:
             self.start = time.perf_counter()
 
-    def on_train_end(self, args, state, control, **kwargs):
-        self.seconds = time.perf_counter() - self.start
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == args.max_steps:
+            self.seconds = time.perf_counter() - self.start
 
 
 def model_for(preset: str, seq_len: int) -> ScratchGPTForCausalLM:

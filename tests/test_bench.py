@@ -84,3 +84,19 @@ def test_loss_script_runs_and_records_each_chunk_size(tmp_path):
     [row] = json.loads(output.read_text())
     assert (row["hidden_size"], row["vocab"], row["tokens"]) == (32, 64, 32)
     assert set(row["chunked_ms"]) == {"8", "16"} and row["reference_ms"] > 0
+
+
+def test_trainer_timer_spans_the_measured_steps_only():
+    from types import SimpleNamespace
+
+    trainer = load("trainer")
+    timer, args = trainer.StepTimer(), SimpleNamespace(max_steps=trainer.WARMUP + 3)
+    for step in range(args.max_steps):  # the Trainer's calls: step begins at global_step, ends at global_step + 1
+        timer.on_step_begin(args, SimpleNamespace(global_step=step), None)
+        timer.on_step_end(args, SimpleNamespace(global_step=step + 1), None)
+        if step == trainer.WARMUP - 1:
+            assert timer.start is None
+    assert timer.start is not None and timer.seconds is not None  # stopped at the last step's end
+    timer.seconds = None
+    timer.on_train_end(args, SimpleNamespace(global_step=args.max_steps), None)
+    assert timer.seconds is None  # the end-of-training work is not timed

@@ -1,3 +1,4 @@
+import copy
 import hashlib
 import json
 import os
@@ -173,9 +174,15 @@ def test_unchanged_inputs_are_reused(tmp_path, monkeypatch):
     assert len(prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)["train"]) > 0
 
 
-@pytest.mark.parametrize("change", ["input", "tokenizer", "block_size", "clean"])
+@pytest.mark.parametrize("change", ["input", "tokenizer", "block_size", "clean", "chat_template"])
 def test_changes_rebuild(tmp_path, change):
-    path = write_text(tmp_path / "a.txt", documents())
+    if change == "chat_template":
+        path = str(tmp_path / "a.jsonl")
+        chats = [{"messages": [{"role": "user", "content": d}, {"role": "assistant", "content": "ok"}]}
+                 for d in documents()]
+        Path(path).write_text("".join(json.dumps(chat) + "\n" for chat in chats))
+    else:
+        path = write_text(tmp_path / "a.txt", documents())
     prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
     before = read_metadata(tmp_path / "out")
     kwargs = {"block_size": 16, "val_fraction": 0}
@@ -187,13 +194,17 @@ def test_changes_rebuild(tmp_path, change):
         used_tokenizer = train_char_tokenizer([SAMPLE_TEXT, *documents()])
     elif change == "block_size":
         kwargs["block_size"] = 8
+    elif change == "chat_template":  # the same tokenizer with only its template changed
+        used_tokenizer = copy.deepcopy(tokenizer())
+        used_tokenizer.chat_template = used_tokenizer.chat_template.replace("<|end|>\n'", "<|end|>\n\n'")
+        assert used_tokenizer.chat_template != tokenizer().chat_template
     else:
         kwargs["clean"] = "lenient"
     prepare_paragraphs(used_tokenizer, [path], tmp_path / "out", **kwargs)
     after = read_metadata(tmp_path / "out")
     assert after["fingerprint"] != before["fingerprint"]
     assert after["splits"] != before["splits"] or change == "clean"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "out"]  # no staging or retired folders left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [Path(path).name, "out"]  # no staging or retired folders
 
 
 def test_interrupted_run_leaves_nothing_and_keeps_the_old_output(tmp_path, monkeypatch):

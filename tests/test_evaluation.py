@@ -37,6 +37,22 @@ def test_every_token_is_scored_exactly_once(stride):
     torch.testing.assert_close(nll[:15], first)
 
 
+@pytest.mark.parametrize("stride", [1, 3, 7, 8])
+def test_each_token_is_scored_with_the_context_its_window_gives(stride):
+    model = ScratchGPTForCausalLM(tiny_config()).eval()
+    ids = torch.randint(0, 300, (30,))
+    nll = token_nll(model, ids, block_size=8, stride=stride)
+    # independently: windows end every min(stride, 7) tokens; token j is predicted from the window's tokens before it
+    step, end = min(stride, 7), 1
+    with torch.no_grad():
+        while end < 30:
+            start, end = end, min(end + step, 30)
+            for j in range(start, end):
+                context = ids[max(0, end - 8): j + 1]
+                expected = torch.nn.functional.cross_entropy(model(context[None]).logits[0, -2:-1], context[-1:])
+                assert nll[j - 1].item() == pytest.approx(expected.item(), abs=1e-5), (stride, j)
+
+
 def test_more_context_never_hurts_a_trained_model():
     torch.manual_seed(0)
     tokenizer = train_char_tokenizer([PATTERN])

@@ -32,8 +32,15 @@ def test_greedy_needs_no_seed():
 def test_long_prompts_keep_their_end_and_fit_the_context():
     tokenizer = tiny_tokenizer()
     model = model_for(tokenizer)
-    prompt = "The quick brown fox jumps over the lazy dog. " * 30  # far more than 64 tokens
-    assert isinstance(generate_text(model, tokenizer, prompt, max_new_tokens=50, temperature=0), str)
+    prompt = "".join(f"sentence {i} says hello. " for i in range(40))  # far more than 64 tokens, each part distinct
+    seen = []
+    original = model.generate
+    model.generate = lambda ids, **kwargs: seen.append((ids[0].tolist(), kwargs)) or original(ids, **kwargs)
+    text = generate_text(model, tokenizer, prompt, max_new_tokens=50, temperature=0)
+    ids, kwargs = seen[0]
+    # new tokens capped at half the context (32); the prompt keeps its last 64 - 32 tokens
+    assert kwargs["max_new_tokens"] == 32 and ids == tokenizer(prompt).input_ids[-32:]
+    assert tokenizer.decode(ids).endswith("sentence 39 says hello. ") and isinstance(text, str)
 
 
 def test_chat_stops_at_the_end_of_turn_token():

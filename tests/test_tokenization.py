@@ -131,6 +131,22 @@ def test_bpe_round_trip_is_lossless(text):
     assert tokenizer.unk_token_id is None or tokenizer.unk_token_id not in ids
 
 
+def test_hold_out_takes_every_nth_text_out_of_the_training_stream():
+    texts = [f"text number {i}" for i in range(100)]
+    training, held = hold_out(iter(texts), every=20)
+    trained = list(training)
+    assert held == texts[19::20] and trained == [t for i, t in enumerate(texts) if i % 20 != 19]
+    training, held = hold_out(iter(texts), every=20, max_bytes=len(texts[19]))  # the byte cap stops holding out
+    assert len(list(training)) == 99 and held == [texts[19]]
+
+
+def test_bytes_per_token_is_bytes_over_tokens():
+    texts = ["héllo wörld", "plain ascii text", "日本語"]
+    tokenizer = bpe()
+    n_tokens = sum(len(tokenizer.backend_tokenizer.encode(t, add_special_tokens=False).ids) for t in texts)
+    assert bytes_per_token(tokenizer, texts) == sum(len(t.encode()) for t in texts) / n_tokens
+
+
 def test_compression_is_measured_on_held_out_text():
     training, held = hold_out(iter(chitchat_sample()), every=10)
     tokenizer = train_bpe_tokenizer(training, vocab_size=1000, show_progress=False)

@@ -79,6 +79,27 @@ def test_parse_duration():
         parse_duration("soon")
 
 
+def test_validation_metrics_skip_masked_positions_and_match_a_direct_computation():
+    from transformers import EvalPrediction
+
+    from scratchgpt.training.run import compute_metrics, preprocess_logits_for_metrics
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 11)
+    labels = torch.randint(0, 11, (3, 6))
+    labels[0, :3] = -100  # a masked prompt
+    labels[2, 4:] = -100  # padding
+    predictions, nll = preprocess_logits_for_metrics(logits, labels)
+    metrics = compute_metrics(EvalPrediction(predictions=(predictions.numpy(), nll.numpy()), label_ids=labels.numpy()))
+    # directly: next-token predictions from position t scored against labels[t + 1], -100 left out
+    targets, scored = labels[:, 1:], labels[:, 1:] != -100
+    log_probs = torch.log_softmax(logits[:, :-1].double(), dim=-1)
+    token_nll = -log_probs.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    assert metrics["perplexity"] == pytest.approx(torch.exp(token_nll[scored].mean()).item(), rel=1e-6)
+    expected_accuracy = (logits[:, :-1].argmax(-1) == targets)[scored].double().mean().item()
+    assert metrics["accuracy"] == pytest.approx(expected_accuracy, abs=1e-12)
+
+
 def test_weight_decay_applies_to_matrices_only():
     model = ScratchGPTForCausalLM(tiny_config())
     trainer = Trainer(model=model, args=TrainingArguments(output_dir="unused", use_cpu=True, report_to="none"))
@@ -107,6 +128,45 @@ def test_half_written_checkpoints_are_skipped_and_mirrors_are_atomic(tmp_path):
     mirrored = mirror_checkpoint(run / "checkpoint-8", tmp_path / "drive", keep={"checkpoint-8"})
     assert mirrored == tmp_path / "drive" / "checkpoint-8"
     assert sorted(p.name for p in (tmp_path / "drive").iterdir()) == ["checkpoint-8"]
+
+
+def complete_checkpoint(folder: Path, step: int = 4, world_size: int = 1) -> Path:
+    """A checkpoint folder with every file the Trainer writes, each whole (as a finished save leaves it)."""
+    from safetensors.torch import save_file
+
+    checkpoint = folder / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True)
+    save_file({"w": torch.zeros(4)}, checkpoint / "model.safetensors")
+    for name in ("optimizer.pt", "scheduler.pt"):
+        torch.save({"state": torch.zeros(64)}, checkpoint / name)
+    for name in ["rng_state.pth"] if world_size == 1 else [f"rng_state_{r}.pth" for r in range(world_size)]:
+        torch.save({"python": [1, 2, 3], "torch": torch.zeros(8)}, checkpoint / name)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return checkpoint
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth",
+                                  "trainer_state.json"])
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_every_file_of_a_checkpoint_is_checked(tmp_path, name, damage):
+    complete_checkpoint(tmp_path, step=2)
+    checkpoint = complete_checkpoint(tmp_path, step=4)
+    assert checkpoint_problem(checkpoint) is None
+    target = checkpoint / name
+    if damage == "missing":
+        target.unlink()
+    else:
+        target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
+    assert name in checkpoint_problem(checkpoint)
+    assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"  # falls back to the older one
+
+
+def test_every_rank_needs_its_rng_state(tmp_path):
+    checkpoint = complete_checkpoint(tmp_path, world_size=2)
+    assert checkpoint_problem(checkpoint, world_size=2) is None
+    (checkpoint / "rng_state_1.pth").write_bytes(b"PK\x03\x04")
+    assert checkpoint_problem(checkpoint, world_size=2) == "rng_state_1.pth missing or truncated"
+    assert "rng_state_2.pth" in checkpoint_problem(complete_checkpoint(tmp_path / "b", world_size=2), world_size=3)
 
 
 # --- a full run ------------------------------------------------------------------------------------------------------
@@ -198,6 +258,7 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "model.safetensors")
 
 
+@pytest.mark.slow  # three training processes, one killed part way
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -220,11 +281,12 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(resumed[name], reference[name]), name  # bitwise on CPU
 
 
-def test_sigterm_saves_and_stops_cleanly(tmp_path):
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])  # a scheduler's stop, and Ctrl-C
+def test_a_stop_signal_saves_and_stops_cleanly(tmp_path, signal_name):
     args = tiny_run_args(tmp_path, save_steps=100)
-    stopped = run_script(KILLER.format(at_step=3, signal="SIGTERM"), args, tmp_path)
+    stopped = run_script(KILLER.format(at_step=3, signal=signal_name), args, tmp_path)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
-    assert "SIGTERM received" in stopped.stderr and "stopped at step 4" in stopped.stderr
+    assert f"{signal_name} received" in stopped.stderr and "stopped at step 4" in stopped.stderr
     run = tmp_path / "run"
     assert checkpoint_problem(run / "checkpoint-4") is None and not (run / "model.safetensors").exists()
     assert train(args)["global_step"] == 8
@@ -267,6 +329,7 @@ LAUNCHERS = {
 }
 
 
+@pytest.mark.slow  # two launches of two processes each, about 20 s per launcher
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_two_process_ddp_on_cpu(tmp_path, launcher):
     script = tmp_path / "record.py"  # the launchers run a script file
