@@ -9,6 +9,7 @@ The token comes from --token, HF_TOKEN or the saved login (`hf auth login`) and 
 import argparse
 import sys
 
+from scratchgpt.errors import one_line, user_error
 from scratchgpt.hub import push_folder
 
 
@@ -28,8 +29,10 @@ def main() -> int:
         result = push_folder(args.folder, args.repo_id, token=args.token, private=args.private,
                              revision=args.revision, commit_message=args.commit_message, include=args.include,
                              dry_run=args.dry_run)
-    except (ValueError, OSError) as error:
-        print(f"push_to_hub.py: error: {error}", file=sys.stderr)
+    except Exception as error:
+        if (cause := user_error(error)) is None:
+            raise  # a bug: keep the traceback
+        print(f"push_to_hub.py: error: {one_line(cause)}", file=sys.stderr)
         return 1
     width = max(len(name) for name, _ in result["files"])
     for name, size in result["files"]:

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 
+from scratchgpt.errors import one_line, user_error
 from scratchgpt.training.run import main as run
 
 
@@ -22,8 +23,10 @@ def main() -> int:
     logging.getLogger("scratchgpt").setLevel(logging.INFO if is_main_process else logging.WARNING)
     try:
         metrics = run(sys.argv[1:])
-    except (ValueError, OSError) as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
+    except Exception as error:
+        if (cause := user_error(error)) is None:
+            raise  # a bug: keep the traceback
+        print(f"train.py: error: {one_line(cause)}", file=sys.stderr)
         return 1
     if is_main_process and "eval_perplexity" in metrics:
         print(f"\nvalidation perplexity {metrics['eval_perplexity']:.2f}, next-token accuracy "

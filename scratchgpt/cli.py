@@ -13,7 +13,6 @@ from pathlib import Path
 
 from transformers import (
     AutoConfig,
-    AutoModelForCausalLM,
     AutoTokenizer,
     GPT2LMHeadModel,
     PreTrainedModel,
@@ -26,7 +25,9 @@ from .data.prepare import prepare_dataset, read_metadata
 from .data.sources import DEFAULT_SEPARATOR, TEXT_DOCUMENTS, iter_document_pieces, iter_documents, iter_texts, \
     resolve_inputs
 from .evaluation import evaluate_documents
-from .generation import chat_reply, generate_text
+from .errors import one_line, user_error
+from .generation import chat_reply, check_sampling, generate_text
+from .loading import check_safetensors, load_model_and_tokenizer, load_tokenizer
 from .modeling import ScratchGPTForCausalLM
 from .modeling.convert import convert_legacy_checkpoint, from_gpt2, to_gpt2
 from .staging import refuse_existing, staged_output
@@ -48,6 +49,8 @@ def _require_model_folder(src: str, model_type: str | None = None) -> None:
     """Fail early, in one line, unless ``src`` is a local model folder (of ``model_type``, when given)."""
     if not (Path(src) / "config.json").is_file():
         raise FileNotFoundError(f"{src}: not a model folder (no config.json)")
+    for weights in sorted(Path(src).glob("*.safetensors")):
+        check_safetensors(weights)
     found = AutoConfig.from_pretrained(src, trust_remote_code=False).model_type if model_type else None
     if found != model_type:
         raise ValueError(f"{src}: holds a {found!r} model, expected {model_type!r}")
@@ -86,14 +89,8 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
     print(f"saved to {args.output}")
 
 
-def _load_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"{path}: no such tokenizer folder")
-    return AutoTokenizer.from_pretrained(path)
-
-
 def _prepare(args: argparse.Namespace) -> None:
-    tokenizer = _load_tokenizer(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)
     prepare_dataset(tokenizer, args.input, args.output, block_size=args.block_size, val_fraction=args.val_fraction,
                     clean=args.clean, num_proc=args.num_proc, seed=args.seed, text_documents=args.text_documents,
                     document_separator=args.document_separator, validation_inputs=args.validation_input,
@@ -123,34 +120,34 @@ SPLIT_METHODS = {
 }
 
 
-def _load_model(path: str):
-    """A causal LM and its tokenizer from a local folder (or a Hub id when online), ready for inference."""
-    if Path(path).exists():
-        _require_model_folder(path)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    return model, AutoTokenizer.from_pretrained(path)
-
-
 def _sampling_args(args: argparse.Namespace) -> dict:
+    sampling = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
+                "top_p": args.top_p, "repetition_penalty": args.repetition_penalty}
+    check_sampling(**sampling)
+    return sampling
+
+
+def _seed(args: argparse.Namespace) -> None:
     if args.seed is not None:
         set_seed(args.seed)
-    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
-            "top_p": args.top_p, "repetition_penalty": args.repetition_penalty}
 
 
 def _generate(args: argparse.Namespace) -> None:
-    model, tokenizer = _load_model(args.model)
+    sampling = _sampling_args(args)  # bad settings fail before the (possibly long) load
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    _seed(args)
     stream = not args.no_stream
-    text = generate_text(model, tokenizer, args.prompt, stream=stream, **_sampling_args(args))
+    text = generate_text(model, tokenizer, args.prompt, stream=stream, **sampling)
     if not stream:
         print(args.prompt + text)
 
 
 def _chat(args: argparse.Namespace) -> None:
-    model, tokenizer = _load_model(args.model)
+    sampling = _sampling_args(args)
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    _seed(args)
     if not tokenizer.chat_template:
         raise ValueError(f"{args.model}: the tokenizer has no chat template; use `scratchgpt generate`")
-    sampling = _sampling_args(args)
     source = open(args.input, encoding="utf-8") if args.input else sys.stdin
     interactive = args.input is None and sys.stdin.isatty()
     messages = [{"role": "system", "content": args.system}] if args.system else []
@@ -175,7 +172,7 @@ def _chat(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    model, tokenizer = _load_model(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model)
     documents = iter_documents(args.input, args.text_documents, args.document_separator)
     result = evaluate_documents(model, tokenizer, documents, block_size=args.block_size, stride=args.stride,
                                 show_progress=not args.json)
@@ -284,8 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.handler(args)
-    except (ValueError, OSError) as error:
-        print(f"scratchgpt {args.command}: error: {error}", file=sys.stderr)
+    except Exception as error:
+        if (cause := user_error(error)) is None:
+            raise  # a bug: keep the traceback
+        print(f"scratchgpt {args.command}: error: {one_line(cause)}", file=sys.stderr)
         return 1
     return 0
 

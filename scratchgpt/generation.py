@@ -13,11 +13,27 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 from .tokenization import generation_eos_token_ids
 
 
-__all__ = ["context_length", "generate_text", "chat_reply"]
+__all__ = ["context_length", "check_sampling", "generate_text", "chat_reply"]
 
 
 def context_length(model: PreTrainedModel) -> int | None:
     return getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+                   repetition_penalty: float | None) -> None:
+    """Raise ``ValueError`` (one line naming the setting) for a value generation cannot use."""
+    problems = [
+        (max_new_tokens < 1, f"max_new_tokens must be at least 1, got {max_new_tokens}"),
+        (temperature < 0, f"temperature must be >= 0 (0 for greedy decoding), got {temperature}"),
+        (top_k is not None and top_k < 0, f"top_k must be >= 0 (0 for no top-k filter), got {top_k}"),
+        (top_p is not None and not 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}"),
+        (repetition_penalty is not None and repetition_penalty <= 0,
+         f"repetition_penalty must be > 0 (1 for none), got {repetition_penalty}"),
+    ]
+    for wrong, message in problems:
+        if wrong:
+            raise ValueError(message)
 
 
 def _sampling(temperature: float, top_k: int | None, top_p: float | None, repetition_penalty: float | None) -> dict:
@@ -47,6 +63,7 @@ def generate_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
                   repetition_penalty: float | None = None, stream: bool = False) -> str:
     """Continue ``prompt``; returns the new text. ``temperature <= 0`` is greedy. With ``stream``, tokens are
     printed to stdout as they come (the prompt first). Seed with ``transformers.set_seed`` for reproducibility."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     ids = tokenizer(prompt, return_tensors="pt", split_special_tokens=True).input_ids
     streamer = TextStreamer(tokenizer, skip_special_tokens=True) if stream else None
     return _generate(model, tokenizer, ids, max_new_tokens, streamer,
@@ -59,6 +76,7 @@ def chat_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messa
     """The assistant's next turn after ``messages`` (``[{"role", "content"}]``), stopping at the end-of-turn token."""
     if not tokenizer.chat_template:
         raise ValueError("this model's tokenizer has no chat template; use `generate` instead")
+    check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True,
                                         sanitize_control_tokens=True)["input_ids"]
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None

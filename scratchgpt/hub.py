@@ -104,7 +104,8 @@ def model_card(folder: str | Path, repo_id: str) -> str:
     if training:
         hours = metrics.get("train_runtime", 0) / 3600
         trained = "\n".join([
-            f"- Data: {', '.join(training['inputs'])}: {training['train_tokens']:,} training tokens, "
+            f"- Data: {training.get('dataset_name') or ', '.join(training['inputs'])}: "
+            f"{training['train_tokens']:,} training tokens, "
             f"{training['validation_tokens']:,} validation tokens, blocks of {training['block_size']} tokens.",
             f"- {metrics.get('global_step', '?'):,} steps of {training['tokens_per_step']:,} tokens; "
             f"{training['optimizer']}, peak learning rate {training['learning_rate']}, {training['lr_scheduler']} "
@@ -122,7 +123,7 @@ def model_card(folder: str | Path, repo_id: str) -> str:
     body = f"""
 # {name}
 
-A small GPT language model trained from scratch with [scratchgpt](https://pypi.org/project/scratchgpt/).
+A small GPT language model trained from scratch with scratchgpt.
 
 ## Model
 
@@ -151,8 +152,9 @@ print(pipeline("text-generation", model=model, tokenizer=tokenizer)("Hello", max
 ```
 
 {"This is a stock GPT-2 model: any tool that knows GPT-2 loads it." if is_gpt2 else
- "With `pip install scratchgpt` and `import scratchgpt`, `trust_remote_code` is not needed. "
- "`scratchgpt convert to-gpt2` exports it as a stock GPT-2 model that loads without remote code."}
+ "Nothing needs installing: `trust_remote_code=True` runs the model code stored in this repository "
+ "(`modeling_scratchgpt.py` and the files beside it; read them first). `scratchgpt convert to-gpt2` exports the "
+ "model as a stock GPT-2 that loads without remote code."}
 If the tokenizer has a chat template, `tokenizer.apply_chat_template(messages, add_generation_prompt=True)` builds
 chat prompts; stop generation at `<|end|>` as well as `<|endoftext|>` (the saved generation config does).
 

@@ -40,6 +40,11 @@ def prepare_paragraphs(*args, **kwargs):
     return prepare_dataset(*args, **{"text_documents": "paragraph", **kwargs})
 
 
+def listing(folder):
+    """The names in ``folder``, but for the (empty, harmless) lock files ``prepare`` leaves beside its output."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
 def write_text(path, docs):
     path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     return str(path)
@@ -204,7 +209,7 @@ def test_changes_rebuild(tmp_path, change):
     after = read_metadata(tmp_path / "out")
     assert after["fingerprint"] != before["fingerprint"]
     assert after["splits"] != before["splits"] or change == "clean"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [Path(path).name, "out"]  # no staging or retired folders
+    assert listing(tmp_path) == [Path(path).name, "out"]  # no staging or retired folders
 
 
 def test_interrupted_run_leaves_nothing_and_keeps_the_old_output(tmp_path, monkeypatch):
@@ -218,7 +223,7 @@ def test_interrupted_run_leaves_nothing_and_keeps_the_old_output(tmp_path, monke
     monkeypatch.setattr(prepare_module, "pack_blocks", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+    assert listing(tmp_path) == ["a.txt"]
 
     monkeypatch.setattr(prepare_module, "pack_blocks", original)
     good = prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
@@ -227,7 +232,7 @@ def test_interrupted_run_leaves_nothing_and_keeps_the_old_output(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=8, val_fraction=0)
     assert len(load_prepared(tmp_path / "out")["train"]) == n_blocks  # the previous complete output survives
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "out"]
+    assert listing(tmp_path) == ["a.txt", "out"]
 
 
 def test_an_unrelated_folder_is_never_overwritten(tmp_path):
@@ -258,7 +263,7 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, name, content
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         prepare_paragraphs(tokenizer(), [str(tmp_path / name)], tmp_path / "out", block_size=64, val_fraction=0)
     assert not (tmp_path / "out").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [name for name in listing(tmp_path) if name.startswith(".")]
 
 
 def test_too_little_text_for_a_validation_split(tmp_path):

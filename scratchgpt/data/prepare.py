@@ -37,6 +37,7 @@ from datasets import Dataset, DatasetDict, Features, List, Value, load_from_disk
 from datasets.exceptions import DatasetGenerationError
 from transformers import PreTrainedTokenizerBase
 
+from ..locking import exclusive_folder
 from ..staging import staged_output
 from .cleaning import clean_documents
 from .sources import DEFAULT_SEPARATOR, check_text_options, describe_inputs, iter_document_pieces, resolve_inputs
@@ -206,7 +207,11 @@ def load_prepared(path: str | Path) -> DatasetDict:
     metadata = read_metadata(path)
     if metadata is None:
         raise FileNotFoundError(f"{path}: not a prepared dataset (no readable {METADATA_FILE})")
-    return load_from_disk(str(path)).with_format("numpy", dtype=np.dtype(metadata["dtype"]))
+    try:
+        return load_from_disk(str(path)).with_format("numpy", dtype=np.dtype(metadata["dtype"]))
+    except Exception as error:  # a truncated or garbled Arrow file: pyarrow's and datasets' own error types
+        raise ValueError(f"{path}: the prepared data is unreadable ({str(error).splitlines()[0][:200]}); delete the "
+                         f"folder (or prepare with --rebuild) to build it again") from None
 
 
 def _read_documents(files: list[str], text_documents: str, document_separator: str, cache: str,
@@ -264,73 +269,75 @@ def prepare_dataset(
         "validation_sources": describe_inputs(validation_files),
     }
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
-    existing = read_metadata(output)
-    if existing is not None and existing.get("fingerprint") == fingerprint and not rebuild:
-        logger.info("%s is up to date; reusing it", output)
-        return load_prepared(output)
-    if existing is not None:
-        logger.info("%s is stale (inputs, tokenizer or settings changed); rebuilding it", output)
+    # one writer at a time; the lock sits beside the folder, which is replaced as a whole when complete
+    with exclusive_folder(output, inside=False, what="prepare"):
+        existing = read_metadata(output)
+        if existing is not None and existing.get("fingerprint") == fingerprint and not rebuild:
+            logger.info("%s is up to date; reusing it", output)
+            return load_prepared(output)
+        if existing is not None:
+            logger.info("%s is stale (inputs, tokenizer or settings changed); rebuilding it", output)
 
-    with staged_output(output, overwrite=existing is not None) as staging:
-        cache = str(staging / "cache")
-        documents = _read_documents(files, text_documents, document_separator, cache, fingerprint[:32])
-        if len(documents) == 0:
-            raise ValueError(f"no documents in {', '.join(inputs)}")
-        documents, cleaning = clean_documents(documents, clean, num_proc)
-        held_out = None if validation_files or val_fraction == 0 else \
-            _validation_documents(documents, val_fraction, seed)
-        if validation_files:
-            method = "validation_inputs"
-            parts = {"train": documents, "validation": _read_documents(validation_files, text_documents,
-                                                                       document_separator, cache,
-                                                                       f"{fingerprint[:32]}-validation-documents")}
-            if len(parts["validation"]) == 0:
-                raise ValueError(f"no documents in {', '.join(validation_inputs)}")
-        elif val_fraction == 0:
-            method, parts = "none", {"train": documents}
-        elif held_out is not None:
-            method = "document"
-            mask = np.isin(_column(documents, "document"), held_out)
-            parts = {"train": documents.select(np.flatnonzero(~mask)),
-                     "validation": documents.select(np.flatnonzero(mask))}
-        else:
-            method, parts = "tail", {"train": documents}
+        with staged_output(output, overwrite=existing is not None) as staging:
+            cache = str(staging / "cache")
+            documents = _read_documents(files, text_documents, document_separator, cache, fingerprint[:32])
+            if len(documents) == 0:
+                raise ValueError(f"no documents in {', '.join(inputs)}")
+            documents, cleaning = clean_documents(documents, clean, num_proc)
+            held_out = None if validation_files or val_fraction == 0 else \
+                _validation_documents(documents, val_fraction, seed)
+            if validation_files:
+                method = "validation_inputs"
+                parts = {"train": documents, "validation": _read_documents(validation_files, text_documents,
+                                                                           document_separator, cache,
+                                                                           f"{fingerprint[:32]}-validation-documents")}
+                if len(parts["validation"]) == 0:
+                    raise ValueError(f"no documents in {', '.join(validation_inputs)}")
+            elif val_fraction == 0:
+                method, parts = "none", {"train": documents}
+            elif held_out is not None:
+                method = "document"
+                mask = np.isin(_column(documents, "document"), held_out)
+                parts = {"train": documents.select(np.flatnonzero(~mask)),
+                         "validation": documents.select(np.flatnonzero(mask))}
+            else:
+                method, parts = "tail", {"train": documents}
 
-        tokenized = {name: part.map(
-            tokenize_batch, batched=True, num_proc=num_proc, fn_kwargs={"tokenizer": tokenizer},
-            remove_columns=part.column_names, features=Features({"input_ids": List(Value(dtype))}),
-            desc=f"Tokenizing {name}") for name, part in parts.items()}
-        # (split name, token dataset, first token, last token + 1, documents) of each split
-        spans = [(name, token_ids, 0, _n_tokens(token_ids), _n_documents(parts[name]))
-                 for name, token_ids in tokenized.items()]
-        if method == "tail":
-            n_tokens = spans[0][3]
-            n_validation = max(1, round(n_tokens // block_size * val_fraction))
-            n_train = (n_tokens - n_validation * block_size) // block_size
-            if n_train < 1:
-                raise ValueError(f"the corpus has {n_tokens:,} tokens, too few for a training and a validation block "
-                                 f"of block_size {block_size}: give more text, a smaller block size or a "
-                                 f"val_fraction of 0")
-            validation_start = n_tokens - n_validation * block_size
-            spans = [("train", tokenized["train"], 0, validation_start, spans[0][4]),
-                     ("validation", tokenized["train"], validation_start, n_tokens, 0)]
-        splits, counts = {}, {}
-        for name, token_ids, start, stop, n_documents in spans:
-            n_blocks = (stop - start) // block_size
-            if n_blocks == 0:
-                raise ValueError(f"the {name} split has {stop - start:,} tokens, fewer than one block of block_size "
-                                 f"{block_size}: give more text, a smaller block size or a different val fraction")
-            splits[name] = Dataset.from_generator(
-                pack_blocks, features=Features({"input_ids": List(Value(dtype), length=block_size)}),
-                cache_dir=cache, fingerprint=f"{fingerprint[:32]}-{name}",
-                gen_kwargs={"token_dataset": token_ids, "block_size": block_size, "start": start, "stop": stop})
-            counts[name] = {"documents": n_documents, "tokens": stop - start, "blocks": n_blocks,
-                            "tokens_dropped": stop - start - n_blocks * block_size}
-        DatasetDict(splits).save_to_disk(str(staging))
-        shutil.rmtree(cache)
-        metadata = {**identity, "fingerprint": fingerprint, "split_method": method, "splits": counts,
-                    "cleaning": cleaning}
-        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+            tokenized = {name: part.map(
+                tokenize_batch, batched=True, num_proc=num_proc, fn_kwargs={"tokenizer": tokenizer},
+                remove_columns=part.column_names, features=Features({"input_ids": List(Value(dtype))}),
+                desc=f"Tokenizing {name}") for name, part in parts.items()}
+            # (split name, token dataset, first token, last token + 1, documents) of each split
+            spans = [(name, token_ids, 0, _n_tokens(token_ids), _n_documents(parts[name]))
+                     for name, token_ids in tokenized.items()]
+            if method == "tail":
+                n_tokens = spans[0][3]
+                n_validation = max(1, round(n_tokens // block_size * val_fraction))
+                n_train = (n_tokens - n_validation * block_size) // block_size
+                if n_train < 1:
+                    raise ValueError(f"the corpus has {n_tokens:,} tokens, too few for a training and a validation block "
+                                     f"of block_size {block_size}: give more text, a smaller block size or a "
+                                     f"val_fraction of 0")
+                validation_start = n_tokens - n_validation * block_size
+                spans = [("train", tokenized["train"], 0, validation_start, spans[0][4]),
+                         ("validation", tokenized["train"], validation_start, n_tokens, 0)]
+            splits, counts = {}, {}
+            for name, token_ids, start, stop, n_documents in spans:
+                n_blocks = (stop - start) // block_size
+                if n_blocks == 0:
+                    raise ValueError(f"the {name} split has {stop - start:,} tokens, fewer than one block of block_size "
+                                     f"{block_size}: give more text, a smaller block size or a different val fraction")
+                splits[name] = Dataset.from_generator(
+                    pack_blocks, features=Features({"input_ids": List(Value(dtype), length=block_size)}),
+                    cache_dir=cache, fingerprint=f"{fingerprint[:32]}-{name}",
+                    gen_kwargs={"token_dataset": token_ids, "block_size": block_size, "start": start, "stop": stop})
+                counts[name] = {"documents": n_documents, "tokens": stop - start, "blocks": n_blocks,
+                                "tokens_dropped": stop - start - n_blocks * block_size}
+            DatasetDict(splits).save_to_disk(str(staging))
+            shutil.rmtree(cache)
+            metadata = {**identity, "fingerprint": fingerprint, "split_method": method, "splits": counts,
+                        "cleaning": cleaning}
+            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return load_prepared(output)
 
 

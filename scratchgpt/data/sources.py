@@ -178,6 +178,8 @@ def _jsonl_documents(path: str) -> Iterator[Document]:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
+        except RecursionError:
+            raise ValueError(f"{where}: JSON nested too deeply to read") from None
         if isinstance(record, dict) and isinstance(record.get("text"), str):
             yield record["text"]
         elif isinstance(record, dict) and "messages" in record:
@@ -187,6 +189,15 @@ def _jsonl_documents(path: str) -> Iterator[Document]:
 
 
 def _parquet_documents(path: str) -> Iterator[Document]:
+    import pyarrow as pa
+
+    try:
+        yield from _parquet_rows(path)
+    except pa.ArrowException as error:  # not parquet, truncated, or a column of an unexpected type
+        raise ValueError(f"{path}: not a readable parquet file ({str(error).splitlines()[0]})") from None
+
+
+def _parquet_rows(path: str) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)

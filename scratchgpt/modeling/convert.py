@@ -6,6 +6,7 @@ becomes which.
 """
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -156,10 +157,23 @@ def load_legacy_checkpoint(path: str | Path) -> ScratchGPTForCausalLM:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name}: not found (a legacy checkpoint folder holds config.json and "
                                     f"pytorch_model.bin)")
-    legacy = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    try:
+        legacy = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{folder / 'config.json'}: not valid JSON ({error})") from None
     config = legacy_config(legacy)
     # weights_only: a checkpoint is data; never unpickle arbitrary objects from it
-    state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    weights = folder / "pytorch_model.bin"
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{weights}: holds Python objects besides tensors, which are never unpickled "
+                         f"(weights_only), so it cannot be imported") from None
+    except Exception as error:  # a truncated zip archive or garbage bytes
+        raise ValueError(f"{weights}: not a readable PyTorch state dict ({str(error).splitlines()[0][:200]}); it "
+                         f"may be truncated") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{folder / 'pytorch_model.bin'}: holds a {type(state).__name__}, not a state dict")
     state = {k.removeprefix("_orig_mod."): v for k, v in state.items() if not k.endswith("causal_mask")}
 
     rows = _expand(_LEGACY_NAMES, config.n_layer)

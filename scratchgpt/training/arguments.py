@@ -46,6 +46,8 @@ class DataArguments:
 
     inputs: list[str] = field(default_factory=lambda: ["chitchat"],
                               metadata={"help": ".txt/.jsonl/.parquet files, folders, globs, or 'chitchat'"})
+    dataset_name: str | None = field(default=None, metadata={
+        "help": "how the model card names the training data (default: the inputs' file names, never their paths)"})
     tokenizer_path: str | None = field(default=None, metadata={
         "help": "tokenizer folder; trained there from the inputs if missing (default: <output_dir>/tokenizer)"})
     tokenizer_type: str = field(default="bpe", metadata={"help": "kind to train if missing: 'bpe' or 'char'"})

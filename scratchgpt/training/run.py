@@ -8,6 +8,7 @@ distributed environment, and the tokenizer and data are built once, on the main 
 import json
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from transformers import AutoTokenizer, Trainer, set_seed
 
 from ..data.prepare import collate_blocks, prepare_dataset, read_metadata
 from ..data.sources import iter_document_pieces, iter_texts
+from ..locking import exclusive_folder
 from ..metrics import metric_path
+from ..staging import staged_output
 from ..modeling import ScratchGPTConfig, ScratchGPTForCausalLM
 from ..tokenization import generation_eos_token_ids, train_tokenizer
 from .arguments import DataArguments, ModelArguments, RunArguments, parse_args, parse_duration
@@ -73,7 +76,8 @@ def load_or_train_tokenizer(data_args: DataArguments, path: Path):
     pieces = iter_document_pieces(data_args.inputs, data_args.text_documents, data_args.document_separator)
     texts = iter_texts(piece for piece, _ in pieces)
     tokenizer = train_tokenizer(texts, data_args.tokenizer_type, vocab_size=data_args.vocab_size)
-    tokenizer.save_pretrained(path)
+    with staged_output(path) as staging:  # a failed save leaves no half-written tokenizer
+        tokenizer.save_pretrained(staging)
     return tokenizer
 
 
@@ -108,6 +112,27 @@ def _check_existing_run(output_dir: Path, config: ScratchGPTConfig) -> None:
                          f"output_dir, or --fresh true to delete them")
 
 
+def public_names(inputs: list[str]) -> list[str]:
+    """What a published card may say about local inputs: file or folder names, never their paths."""
+    return [path if path == "chitchat" else Path(path.rstrip("/\\")).name or path for path in inputs]
+
+
+def _save_final_model(trainer: Trainer, output_dir: Path) -> None:
+    """``trainer.save_model`` (weights, config with auto_map, model code, generation config, tokenizer) into a
+    staging folder, then each file renamed into ``output_dir``, the weights last: a save that fails part way (a full
+    disk) leaves the previous final model, or none, never a truncated one. Every rank calls it (FSDP gathers)."""
+    staging = output_dir / ".final-model.staging"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
+    if trainer.is_world_process_zero():
+        files = sorted(staging.iterdir(), key=lambda f: (f.suffix == ".safetensors" or f.name.endswith(".index.json"),
+                                                          f.name))
+        for file in files:
+            os.replace(file, output_dir / file.name)
+        shutil.rmtree(staging)
+
+
 def _training_summary(training_args, data_args: DataArguments, block_size: int, data: dict) -> dict:
     """How the run was trained, for metrics.json and the model card."""
     if torch.cuda.is_available() and not training_args.use_cpu:
@@ -117,8 +142,10 @@ def _training_summary(training_args, data_args: DataArguments, block_size: int, 
                    f"{torch.get_num_threads()} threads)"
     batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     return {
-        "inputs": data_args.inputs,
-        "validation_inputs": data_args.validation_inputs,
+        # names only: metrics.json and the model card are published, and local paths name users and folders
+        "inputs": public_names(data_args.inputs),
+        "validation_inputs": public_names(data_args.validation_inputs or []),
+        "dataset_name": data_args.dataset_name,
         "split_method": data.get("split_method"),
         "train_tokens": data["splits"]["train"]["tokens"],
         "validation_tokens": data["splits"].get("validation", {}).get("tokens", 0),
@@ -139,8 +166,19 @@ def _training_summary(training_args, data_args: DataArguments, block_size: int, 
 
 
 def main(argv: list[str]) -> dict:
-    """Run training as configured by ``argv`` (``[CONFIG.yaml] [--key value ...]``); returns the final metrics."""
+    """Run training as configured by ``argv`` (``[CONFIG.yaml] [--key value ...]``); returns the final metrics.
+
+    The main process holds ``output_dir``'s lock for the whole run (``locking.exclusive_folder``): a second run on
+    the same folder stops at once, naming the first. Under torchrun or accelerate only rank 0 takes it; if it cannot,
+    it exits and the launcher stops the other ranks."""
     model_args, data_args, run_args, training_args = parse_args(argv)
+    if training_args.process_index == 0:
+        with exclusive_folder(training_args.output_dir, what="training run"):
+            return _train(model_args, data_args, run_args, training_args)
+    return _train(model_args, data_args, run_args, training_args)
+
+
+def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments, training_args) -> dict:
     time_budget = parse_duration(run_args.time_budget) if run_args.time_budget else None
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
@@ -205,7 +243,7 @@ def main(argv: list[str]) -> dict:
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
         metrics["eval_perplexity_from_loss"] = math.exp(metrics["eval_loss"])
-    trainer.save_model(str(output_dir))  # weights, config with auto_map, model code, generation config, tokenizer
+    _save_final_model(trainer, output_dir)
     metrics["training"] = _training_summary(training_args, data_args, block_size, read_metadata(data_path))
     if trainer.is_world_process_zero():
         if not parameters_are_sharded(training_args):
