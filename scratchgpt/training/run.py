@@ -117,6 +117,18 @@ def public_names(inputs: list[str]) -> list[str]:
     return [path if path == "chitchat" else Path(path.rstrip("/\\")).name or path for path in inputs]
 
 
+def _is_write_failure(error: RuntimeError) -> bool:
+    """Whether ``torch.save`` failed to write (it raises RuntimeError, not OSError, when a write fails)."""
+    chain, seen = error, 0
+    while chain is not None and seen < 8:
+        text = str(chain)
+        if any(mark in text for mark in ("PytorchStreamWriter failed", "iostream error", "unexpected pos",
+                                         "inline_container")):
+            return True
+        chain, seen = chain.__cause__ or chain.__context__, seen + 1
+    return False
+
+
 def _save_final_model(trainer: Trainer, output_dir: Path) -> None:
     """``trainer.save_model`` (weights, config with auto_map, model code, generation config, tokenizer) into a
     staging folder, then each file renamed into ``output_dir``, the weights last: a save that fails part way (a full
@@ -124,7 +136,14 @@ def _save_final_model(trainer: Trainer, output_dir: Path) -> None:
     staging = output_dir / ".final-model.staging"
     if trainer.is_world_process_zero():
         shutil.rmtree(staging, ignore_errors=True)
-    trainer.save_model(str(staging))
+    try:
+        trainer.save_model(str(staging))
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, RuntimeError) and _is_write_failure(error):
+            raise OSError(f"{output_dir}: the final model could not be written ({str(error).splitlines()[0]}); the "
+                          f"disk may be full; the checkpoints are kept") from error
+        raise
     if trainer.is_world_process_zero():
         files = sorted(staging.iterdir(), key=lambda f: (f.suffix == ".safetensors" or f.name.endswith(".index.json"),
                                                           f.name))
@@ -233,7 +252,15 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if eval_dataset is not None else None,
         callbacks=callbacks,
     )
-    train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except RuntimeError as error:
+        if not _is_write_failure(error):
+            raise
+        free = shutil.disk_usage(output_dir).free / 2**20
+        raise OSError(f"{output_dir}: a checkpoint could not be written ({str(error).splitlines()[0]}); the disk may "
+                      f"be full ({free:,.0f} MB free) or a file-size limit reached; the incomplete checkpoint is "
+                      f"skipped when the run resumes") from error
     if stopper.reason is not None:
         logger.warning("stopped at step %d (%s); run the same command again to resume", trainer.state.global_step,
                        stopper.reason)

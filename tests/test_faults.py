@@ -1,0 +1,357 @@
+"""Every row of the README's fault catalogue: what a user sees (one line, a non-zero exit) and what is kept."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scratchgpt import ScratchGPTForCausalLM
+from scratchgpt.cli import main as cli
+from scratchgpt.data.prepare import prepare_dataset
+from scratchgpt.data.sources import iter_documents
+from scratchgpt.hub import model_card
+from scratchgpt.locking import exclusive_folder, lock_paths
+from scratchgpt.training.checkpoints import latest_complete_checkpoint
+from scratchgpt.training.run import main as train
+
+from .test_training import tiny_run_args
+from .testing_utils import SAMPLE_TEXT, legacy_state_dict, tiny_config, tiny_tokenizer, write_legacy_folder
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def command(args: list[str], cwd: Path, file_size_limit: int | None = None, env: dict | None = None,
+            timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a command line; with ``file_size_limit`` (bytes) any file written past it fails with EFBIG, as a full
+    disk would fail the write (SIGXFSZ ignored, so the write returns the error instead of killing the process)."""
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    return subprocess.run(args, cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=limit if file_size_limit else None)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "error:" in line]
+
+
+def saved_model(folder: Path) -> Path:
+    tokenizer = tiny_tokenizer()
+    ScratchGPTForCausalLM(tiny_config(vocab_size=len(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# --- one writer per folder -------------------------------------------------------------------------------------------
+
+
+def test_a_second_run_on_the_same_folder_stops_at_once_naming_the_first(tmp_path):
+    args = [sys.executable, str(REPO / "train.py"),
+            *tiny_run_args(tmp_path, max_steps=100_000, save_steps=100_000, eval_steps=100_000)]
+    first = subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _, holder = lock_paths(tmp_path / "run")
+        deadline = time.time() + 120
+        while not holder.exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        assert holder.exists(), "the first run never took the lock"
+        started = time.time()
+        second = command(args, tmp_path)
+        assert second.returncode == 1 and time.time() - started < 60
+        [line] = error_lines(second.stderr)
+        assert f"run: in use by another training run (host {os.uname().nodename}, PID {first.pid}, started" in line
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()  # SIGKILL: no clean-up, the lock is left to the operating system
+        first.wait()
+    assert holder.exists()  # the dead run's holder file is still there ...
+    rerun = command([*args, "--max_steps", "2"], tmp_path)  # ... and does not block the next run
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert not holder.exists()
+
+
+def test_prepare_takes_its_output_folder_for_itself(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom scratchgpt.locking import exclusive_folder\n"
+        "with exclusive_folder(sys.argv[1], inside=False, what='prepare'):\n"
+        "    print('held', flush=True); time.sleep(60)"), str(tmp_path / "data")],
+        env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (tmp_path / "a.txt").write_text(SAMPLE_TEXT)
+        with pytest.raises(OSError, match=rf"data: in use by another prepare \(host .*, PID {holder.pid}, started"):
+            prepare_dataset(tiny_tokenizer(), [str(tmp_path / "a.txt")], tmp_path / "data", block_size=8)
+        assert not (tmp_path / "data").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_lock_is_reentrant_free_and_released_on_error(tmp_path):
+    with pytest.raises(RuntimeError):
+        with exclusive_folder(tmp_path / "x"):
+            raise RuntimeError("a failing run")
+    with exclusive_folder(tmp_path / "x"):  # released: taken again at once
+        pass
+
+
+# --- a full disk or a file-size limit ---------------------------------------------------------------------------------
+
+
+def test_prepare_on_a_full_disk_is_one_line_and_writes_nothing(tmp_path):
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    (tmp_path / "a.txt").write_text(SAMPLE_TEXT * 40)
+    result = command([sys.executable, "-m", "scratchgpt.cli", "prepare", "--tokenizer", str(tmp_path / "tok"),
+                      "--input", str(tmp_path / "a.txt"), "--block-size", "8", "--output", str(tmp_path / "data")],
+                     tmp_path, file_size_limit=32_000)
+    assert result.returncode == 1
+    [line] = error_lines(result.stderr)
+    assert "File too large" in line and "nothing incomplete was left in place" in line and "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")]
+
+
+def test_a_checkpoint_save_that_fails_part_way_is_never_resumed_from(tmp_path, monkeypatch):
+    original = torch.save
+    calls = {"optimizer": 0}
+
+    def failing_save(obj, f, *args, **kwargs):
+        if str(f).endswith("optimizer.pt"):
+            calls["optimizer"] += 1
+            if calls["optimizer"] == 2:  # the second checkpoint: half a file, then the disk is full
+                Path(f).write_bytes(b"PK\x03\x04" + b"\0" * 100)
+                raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return original(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space left on device"):
+        train(tiny_run_args(tmp_path))
+    run = tmp_path / "run"
+    assert (run / "checkpoint-8").is_dir() and latest_complete_checkpoint(run) == run / "checkpoint-4"
+    monkeypatch.setattr(torch, "save", original)
+    assert train(tiny_run_args(tmp_path))["global_step"] == 8  # resumed from checkpoint-4
+
+
+def test_a_final_save_that_fails_part_way_leaves_no_model(tmp_path, monkeypatch):
+    original = ScratchGPTForCausalLM.save_pretrained
+
+    def failing_save(self, folder, *args, **kwargs):
+        if Path(folder).name == ".final-model.staging":
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / "model.safetensors").write_bytes(b"\0" * 100)  # half written
+            raise OSError(errno.ENOSPC, "No space left on device", str(Path(folder) / "model.safetensors"))
+        return original(self, folder, *args, **kwargs)
+
+    monkeypatch.setattr(ScratchGPTForCausalLM, "save_pretrained", failing_save)
+    with pytest.raises(OSError, match="No space left on device"):
+        train(tiny_run_args(tmp_path))
+    run = tmp_path / "run"
+    assert not (run / "model.safetensors").exists() and not (run / ".final-model.staging").exists()
+    assert latest_complete_checkpoint(run) == run / "checkpoint-8"  # the work is kept in the checkpoints
+
+
+def test_train_py_reports_a_file_size_limit_in_one_line(tmp_path):
+    result = command([sys.executable, str(REPO / "train.py"), *tiny_run_args(tmp_path)], tmp_path,
+                     file_size_limit=100_000)
+    assert result.returncode == 1
+    [line] = error_lines(result.stderr)
+    assert line.startswith("train.py: error: ") and "a checkpoint could not be written" in line
+    assert "the disk may be full" in line and "Traceback" not in result.stderr
+    assert latest_complete_checkpoint(tmp_path / "run") is None  # the half-written checkpoint-4 is not taken
+
+
+def test_convert_on_a_full_disk_writes_nothing(tmp_path):
+    saved_model(tmp_path / "model")
+    result = command([sys.executable, "-m", "scratchgpt.cli", "convert", "to-gpt2", str(tmp_path / "model"),
+                      str(tmp_path / "gpt2")], tmp_path, file_size_limit=20_000)
+    assert result.returncode == 1 and "File too large" in error_lines(result.stderr)[0]
+    assert not (tmp_path / "gpt2").exists()
+
+
+# --- corrupt files --------------------------------------------------------------------------------------------------
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damaged, message", [
+    ("model.safetensors", "model.safetensors: not a readable safetensors file"),
+    ("tokenizer.json", "tokenizer.json: not valid JSON"),
+    ("config.json", "config.json: not valid JSON"),
+])
+def test_corrupt_model_files_are_named(tmp_path, capsys, damaged, message):
+    folder = saved_model(tmp_path / "model")
+    truncate(folder / damaged)
+    assert cli(["generate", str(folder), "--prompt", "hi", "--max-new-tokens", "2"]) == 1
+    [line] = error_lines(capsys.readouterr().err)
+    assert message in line
+
+
+def test_a_corrupt_legacy_checkpoint_is_named(tmp_path, capsys):
+    folder = write_legacy_folder(tmp_path / "legacy", legacy_state_dict())
+    truncate(folder / "pytorch_model.bin")
+    assert cli(["convert", "legacy", str(folder), str(tmp_path / "out")]) == 1
+    [line] = error_lines(capsys.readouterr().err)
+    assert "pytorch_model.bin: not a readable PyTorch state dict" in line and not (tmp_path / "out").exists()
+
+
+def test_corrupt_prepared_data_is_named(tmp_path):
+    (tmp_path / "a.txt").write_text(SAMPLE_TEXT * 4)
+    prepare_dataset(tiny_tokenizer(), [str(tmp_path / "a.txt")], tmp_path / "data", block_size=8)
+    for arrow in (tmp_path / "data").rglob("*.arrow"):
+        truncate(arrow)
+    with pytest.raises(ValueError, match="data: the prepared data is unreadable .*prepare with --rebuild"):
+        prepare_dataset(tiny_tokenizer(), [str(tmp_path / "a.txt")], tmp_path / "data", block_size=8)
+
+
+# --- paths, Hub ids and settings --------------------------------------------------------------------------------------
+
+
+def test_a_missing_path_is_reported_as_a_path(tmp_path, capsys):
+    assert cli(["generate", str(tmp_path / "some" / "missing" / "folder"), "--prompt", "hi"]) == 1
+    assert error_lines(capsys.readouterr().err)[0].endswith("folder: no such folder")
+
+
+def test_a_name_that_could_be_a_hub_id_is_looked_up_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli(["chat", "runs/demo"]) == 1  # tests run with HF_HUB_OFFLINE=1 (conftest)
+    assert "runs/demo: no such local folder, and the Hub is off (HF_HUB_OFFLINE is set)" in capsys.readouterr().err
+    # online but unreachable: one attempt, one line, in seconds (no retry storm)
+    env = {key: value for key, value in ENV.items() if key != "HF_HUB_OFFLINE"}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there
+    started = time.time()
+    result = command([sys.executable, "-m", "scratchgpt.cli", "chat", "runs/demo"], tmp_path, env=env)
+    assert result.returncode == 1 and time.time() - started < 30
+    [line] = error_lines(result.stderr)
+    assert "runs/demo: no such local folder, and the Hub could not be reached" in line
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--temperature", "-1", "temperature must be >= 0"),
+    ("--top-p", "0", "top_p must be in (0, 1]"),
+    ("--top-p", "1.5", "top_p must be in (0, 1]"),
+    ("--top-k", "-3", "top_k must be >= 0"),
+    ("--repetition-penalty", "0", "repetition_penalty must be > 0"),
+    ("--max-new-tokens", "0", "max_new_tokens must be at least 1"),
+])
+def test_bad_generation_settings_are_refused(tmp_path, capsys, option, value, message):
+    folder = saved_model(tmp_path / "model")
+    for subcommand in ("generate", "chat"):
+        extra = ["--prompt", "hi"] if subcommand == "generate" else []
+        assert cli([subcommand, str(folder), option, value, *extra]) == 1
+        [line] = error_lines(capsys.readouterr().err)
+        assert message in line
+
+
+# --- nothing private in what is published ---------------------------------------------------------------------------
+
+
+def test_published_files_name_data_without_local_paths(tmp_path):
+    home = tmp_path / "home" / "alice-private" / "projects"
+    home.mkdir(parents=True)
+    corpus = home / "diary.txt"
+    corpus.write_text("".join(f"Entry {i}: {SAMPLE_TEXT[: 100 + i]}\n\n" for i in range(60)))
+    train(tiny_run_args(home, inputs=str(corpus), validation_inputs=str(corpus), max_steps=2, save_steps=100,
+                        eval_steps=100))
+    run = home / "run"
+    published = (run / "metrics.json").read_text() + model_card(run, "someone/model")
+    assert "alice-private" not in published and str(tmp_path) not in published
+    assert "diary.txt" in published  # the data is still named, by its file name
+    named = model_card(run, "someone/model")
+    assert "pip install" not in named  # no install line that is not ours
+
+
+# --- readers: random input is data or one clear error ---------------------------------------------------------------
+
+
+def read_all(path: Path):
+    return list(iter_documents([str(path)]))
+
+
+def assert_clear(error: Exception, path: Path) -> None:
+    assert isinstance(error, (ValueError, OSError)), repr(error)
+    assert str(path.name) in str(error) and "\n" not in str(error).strip(), str(error)
+
+
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(content=st.binary(min_size=1, max_size=300))
+def test_random_bytes_as_text_or_jsonl(tmp_path, content):
+    for suffix in (".txt", ".jsonl", ".parquet"):
+        path = tmp_path / f"random{suffix}"
+        path.write_bytes(content)
+        try:
+            documents = read_all(path)
+        except Exception as error:  # noqa: BLE001 - the point: which exceptions come out
+            assert_clear(error, path)
+        else:
+            assert all(isinstance(d, (str, list)) for d in documents)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                               st.sampled_from(["text", "messages", "role", "content", "x"]), inner, max_size=4),
+                           max_leaves=12)
+
+
+@FUZZ
+@given(records=st.lists(json_values, min_size=1, max_size=5))
+def test_random_json_lines(tmp_path, records):
+    path = tmp_path / "random.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    try:
+        documents = read_all(path)
+    except Exception as error:  # noqa: BLE001
+        assert_clear(error, path)
+    else:
+        assert len(documents) == len(records)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(column=st.sampled_from(["text", "messages", "other"]),
+       values=st.lists(st.one_of(st.none(), st.text(max_size=20), st.integers()), min_size=1, max_size=5))
+def test_random_parquet_columns(tmp_path, column, values):
+    path = tmp_path / "random.parquet"
+    try:
+        table = pa.table({column: values})
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return  # mixed types no parquet file can hold
+    pq.write_table(table, path)
+    try:
+        documents = read_all(path)
+    except Exception as error:  # noqa: BLE001
+        assert_clear(error, path)
+    else:
+        assert len(documents) == len(values)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.binary(min_size=1, max_size=200), suffix=st.sampled_from([".txt", ".jsonl", ".parquet"]))
+def test_random_files_through_prepare(tmp_path, content, suffix):
+    path = tmp_path / f"random{suffix}"
+    path.write_bytes(content)
+    output = tmp_path / "out"
+    try:
+        prepare_dataset(tiny_tokenizer(), [str(path)], output, block_size=2, val_fraction=0, rebuild=True)
+    except Exception as error:  # noqa: BLE001
+        assert isinstance(error, (ValueError, OSError)), repr(error)
+        assert "\n" not in str(error).strip()
