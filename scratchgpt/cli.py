@@ -29,7 +29,7 @@ from .errors import one_line, user_error
 from .generation import chat_reply, check_sampling, generate_text
 from .loading import check_safetensors, load_model_and_tokenizer, load_tokenizer
 from .modeling import ScratchGPTForCausalLM
-from .modeling.convert import convert_legacy_checkpoint, from_gpt2, to_gpt2
+from .modeling.convert import convert_legacy_checkpoint, from_gpt2, to_gguf, to_gpt2
 from .staging import refuse_existing, staged_output
 from .tokenization import bytes_per_token, hold_out, train_tokenizer
 
@@ -63,6 +63,21 @@ def _tokenizer_beside(src: str) -> PreTrainedTokenizerBase | None:
 
 def _convert(args: argparse.Namespace) -> None:
     refuse_existing(args.dst)  # before the (possibly long) load
+    if args.direction == "to-gguf":
+        _require_model_folder(args.src, "scratchgpt")
+        tokenizer = _tokenizer_beside(args.src)
+        if tokenizer is None:
+            raise FileNotFoundError(f"{args.src}: no tokenizer beside the model; GGUF files carry their tokenizer")
+        model = ScratchGPTForCausalLM.from_pretrained(args.src)
+        try:
+            path = to_gguf(model, tokenizer, args.dst, args.dtype)
+        except ImportError as error:
+            raise ValueError(str(error)) from None
+        if model.config.activation_function == "gelu":
+            print("note: llama.cpp computes GELU with tanh (gelu_new); this model was trained with the exact gelu, "
+                  "so its logits there differ by about 1e-3 (train with activation_function: gelu_new to match)")
+        print(f"saved {path} ({args.dtype}, {path.stat().st_size:,} bytes)")
+        return
     if args.direction == "legacy":
         converted, tokenizer = convert_legacy_checkpoint(args.src)
     elif args.direction == "to-gpt2":
@@ -210,12 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser("convert", help="convert model folders: ScratchGPT <-> GPT-2, legacy -> ScratchGPT")
-    convert.add_argument("direction", choices=["to-gpt2", "from-gpt2", "legacy"],
+    convert.add_argument("direction", choices=["to-gpt2", "from-gpt2", "legacy", "to-gguf"],
                          help="to-gpt2: ScratchGPT folder -> stock GPT2LMHeadModel folder; from-gpt2: the reverse; "
                               "legacy: an original-project checkpoint folder (config.json, pytorch_model.bin, "
-                              "tokenizer.json) -> ScratchGPT folder")
+                              "tokenizer.json) -> ScratchGPT folder; to-gguf: ScratchGPT folder -> one .gguf file "
+                              "for llama.cpp / Ollama")
     convert.add_argument("src", help="source folder (its tokenizer is carried along)")
-    convert.add_argument("dst", help="destination folder (must not exist or be empty)")
+    convert.add_argument("dst", help="destination folder (must not exist or be empty), or the .gguf file")
+    convert.add_argument("--dtype", choices=["f32", "f16", "bf16", "q8_0"], default="f32",
+                         help="to-gguf: the matrices' type (default f32; norms and biases stay f32)")
     convert.set_defaults(handler=_convert)
 
     tokenizer = commands.add_parser("tokenizer", help="train a tokenizer")

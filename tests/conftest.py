@@ -14,10 +14,20 @@ def _seed():
     torch.manual_seed(0)
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA device; none is present on this machine")
+    skips = {}
+    if not torch.cuda.is_available():
+        skips["gpu"] = pytest.mark.skip(reason="needs a CUDA device; none is present on this machine")
+    if not _installed("llama_cpp"):
+        skips["llamacpp"] = pytest.mark.skip(reason='needs llama-cpp-python: pip install -e ".[gguf-check]" '
+                                                    '(compiles llama.cpp, a few minutes; CI installs it)')
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 from scratchgpt import ScratchGPTForCausalLM
+from scratchgpt.locking import lock_paths
 from scratchgpt.training.arguments import parse_args, parse_duration
 from scratchgpt.training.checkpoints import checkpoint_problem, latest_complete_checkpoint, mirror_checkpoint
 from scratchgpt.training.run import main as train
@@ -360,6 +361,7 @@ def test_two_process_ddp_on_cpu(tmp_path, launcher):
     resumed = launch(max_steps=6)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr and json.loads((run / "metrics.json").read_text())["global_step"] == 6
+    assert not lock_paths(run)[1].exists()  # rank 0 held the run's lock and let it go; no rank waited on it
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)

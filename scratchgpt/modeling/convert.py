@@ -18,7 +18,7 @@ from .configuration_scratchgpt import ScratchGPTConfig
 from .modeling_scratchgpt import ScratchGPTForCausalLM
 
 
-__all__ = ["to_gpt2", "from_gpt2", "load_legacy_checkpoint", "legacy_config", "convert_legacy_checkpoint"]
+__all__ = ["to_gpt2", "to_gguf", "from_gpt2", "load_legacy_checkpoint", "legacy_config", "convert_legacy_checkpoint"]
 
 
 # (ScratchGPT name, GPT-2 name, stored transposed by GPT-2's Conv1D); {i} is the layer index.
@@ -100,6 +100,19 @@ def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
     """An equivalent transformers ``GPT2LMHeadModel`` (same logits), loadable anywhere without remote code."""
     gpt2 = GPT2LMHeadModel(GPT2Config(**_shared_config_fields(model.config)))
     return _transfer(model, gpt2, _expand(_GPT2_NAMES, model.config.n_layer))
+
+
+def to_gguf(model: ScratchGPTForCausalLM, tokenizer: PreTrainedTokenizerFast, path: str | Path,
+            dtype: str = "f32") -> Path:
+    """A GGUF file for llama.cpp's gpt2 architecture (see ``gguf_export``); needs the ``gguf`` package
+    (``pip install -e ".[gguf]"``)."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ImportError('GGUF export needs the gguf package: pip install -e ".[gguf]"') from None
+    from .gguf_export import to_gguf as write_gguf
+
+    return write_gguf(model, tokenizer, path, dtype)
 
 
 def from_gpt2(gpt2: GPT2LMHeadModel) -> ScratchGPTForCausalLM:
