@@ -28,6 +28,8 @@ def main() -> int:
             raise  # a bug: keep the traceback
         print(f"train.py: error: {one_line(cause)}", file=sys.stderr)
         return 1
+    if metrics.get("already_complete"):
+        return 0  # said so in the log; nothing was trained or saved
     if is_main_process and "eval_perplexity" in metrics:
         print(f"\nvalidation perplexity {metrics['eval_perplexity']:.2f}, next-token accuracy "
               f"{metrics['eval_accuracy']:.3f}, after {metrics['global_step']} steps")

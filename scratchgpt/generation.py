@@ -7,6 +7,8 @@ Prompts are text, as training data is: a literal ``<|endoftext|>`` typed into a 
 message is encoded as those characters, never as the special id (only the chat template's own markers are special).
 """
 
+import logging
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 
@@ -14,6 +16,8 @@ from .tokenization import generation_eos_token_ids
 
 
 __all__ = ["context_length", "check_sampling", "generate_text", "chat_reply"]
+
+logger = logging.getLogger(__name__)
 
 
 def context_length(model: PreTrainedModel) -> int | None:
@@ -47,7 +51,10 @@ def _sampling(temperature: float, top_k: int | None, top_p: float | None, repeti
 def _generate(model, tokenizer, ids: torch.Tensor, max_new_tokens: int, streamer=None, **sampling) -> str:
     context = context_length(model)
     if context is not None:
-        max_new_tokens = min(max_new_tokens, context // 2)  # leave at least half the context to the prompt
+        if max_new_tokens > context // 2:  # leave at least half the context to the prompt
+            logger.warning("max_new_tokens %d capped at %d: half the model's context of %d is kept for the prompt",
+                           max_new_tokens, context // 2, context)
+        max_new_tokens = min(max_new_tokens, context // 2)
         ids = ids[:, -(context - max_new_tokens):]  # a long prompt keeps its end
     ids = ids.to(model.device)
     output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,

@@ -102,7 +102,7 @@ def model_card(folder: str | Path, repo_id: str) -> str:
         f"| tied embeddings | {config.get('tie_word_embeddings', True if is_gpt2 else False)} |",
     ])
     if training:
-        hours = metrics.get("train_runtime", 0) / 3600
+        hours = metrics.get("train_runtime_total", metrics.get("train_runtime", 0)) / 3600
         trained = "\n".join([
             f"- Data: {training.get('dataset_name') or ', '.join(training['inputs'])}: "
             f"{training['train_tokens']:,} training tokens, "

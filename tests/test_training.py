@@ -208,9 +208,32 @@ def test_validation_loss_agrees_with_evaluate_on_the_same_text(tmp_path):
     assert evaluated["mean_nll"] == pytest.approx(metrics["eval_loss"], rel=0.02)
 
 
+def test_rerunning_a_finished_run_does_nothing(tmp_path, caplog):
+    first = train(tiny_run_args(tmp_path))
+    run = tmp_path / "run"
+    saved = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+    with caplog.at_level("WARNING", logger="scratchgpt"):
+        again = train(tiny_run_args(tmp_path))
+    assert again["already_complete"] and again["global_step"] == first["global_step"] == 8
+    assert "is a finished run (step 8 of 8): nothing to do" in caplog.text and "raise max_steps" in caplog.text
+    after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+    assert after == saved  # nothing trained, nothing written, no checkpoint pushed out
+    assert train(tiny_run_args(tmp_path, max_steps=10))["global_step"] == 10  # a higher max_steps trains on
+
+
+def test_training_time_is_summed_over_invocations(tmp_path):
+    train(tiny_run_args(tmp_path, max_steps=4))
+    first = json.loads((tmp_path / "run" / "checkpoint-4" / "scratchgpt_runtime.json").read_text())["seconds"]
+    metrics = train(tiny_run_args(tmp_path, max_steps=8))  # resumes from checkpoint-4
+    assert first > 0 and metrics["train_runtime_total"] >= first + metrics["train_runtime"] * 0.9
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["train_runtime_total"] == metrics["train_runtime_total"]
+
+
 def test_block_size_beyond_the_context_is_refused(tmp_path):
     with pytest.raises(ValueError, match="block_size 64 is larger than the model context n_positions 32"):
         train(tiny_run_args(tmp_path, block_size=64))
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("tokenizer*"))  # checked before any work
 
 
 @pytest.mark.parametrize("change, message", [

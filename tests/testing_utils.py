@@ -38,7 +38,7 @@ LEGACY_CONFIG = {"vocab_size": 50, "embed_dim": 32, "num_heads": 4, "num_layers"
 
 
 def legacy_state_dict(config=LEGACY_CONFIG) -> dict:
-    """Random weights under the original project's key names and shapes (DESIGN.md, section 5)."""
+    """Random weights under the original project's key names and shapes (see ``convert._LEGACY_NAMES``)."""
     V, D, F_, T = config["vocab_size"], config["embed_dim"], config["ff_dim"], config["max_seq_len"]
     shapes = {"token_embedding.weight": (V, D), "positional_embedding.weight": (T, D),
               "ln_f.weight": (D,), "ln_f.bias": (D,), "head.weight": (V, D)}

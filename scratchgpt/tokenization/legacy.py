@@ -1,6 +1,6 @@
 """The original project's tokenizer files as transformers tokenizers.
 
-Two formats (DESIGN.md, section 5): a ``tokenizers`` JSON (byte-level BPE with ``<|endoftext|>``, ``<|pad|>``,
+Two formats: a ``tokenizers`` JSON (byte-level BPE with ``<|endoftext|>``, ``<|pad|>``,
 ``<|unk|>`` at ids 0-2), and a character format ``{"type": "character", "char_to_idx": {...}, ...}`` whose encoder
 silently drops characters outside its vocabulary. Both load here with exactly the ids the original code gave; the
 character tokenizer keeps the dropping behaviour, so ids stay identical to what the legacy model was trained on.

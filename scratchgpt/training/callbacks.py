@@ -1,6 +1,7 @@
 """Trainer callbacks for what the stock Trainer does not do: stop cleanly on a signal or a time budget, mirror
 checkpoints, and log sample generations at each evaluation."""
 
+import json
 import logging
 import os
 import signal
@@ -15,8 +16,8 @@ from ..generation import chat_reply, generate_text
 from .checkpoints import list_checkpoints, mirror_checkpoint
 
 
-__all__ = ["GracefulStopCallback", "MirrorCallback", "SampleGenerationCallback", "generate_samples",
-           "parameters_are_sharded"]
+__all__ = ["GracefulStopCallback", "MirrorCallback", "SampleGenerationCallback", "TrainingTimeCallback",
+           "generate_samples", "parameters_are_sharded"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,33 @@ class GracefulStopCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class TrainingTimeCallback(TrainerCallback):
+    """Training wall time summed over every invocation of a run: each checkpoint records the total so far in
+    ``RUNTIME_FILE``, and a resumed run starts from the figure in the checkpoint it resumes from."""
+
+    RUNTIME_FILE = "scratchgpt_runtime.json"
+
+    def __init__(self, resumed_from: str | Path | None = None):
+        self.before = 0.0
+        if resumed_from is not None:
+            try:
+                self.before = float(json.loads((Path(resumed_from) / self.RUNTIME_FILE).read_text())["seconds"])
+            except (OSError, ValueError, KeyError):
+                logger.warning("%s records no training time; the total counts from this invocation", resumed_from)
+        self._started = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = time.monotonic()
+
+    def total_seconds(self) -> float:
+        return self.before + time.monotonic() - self._started
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            (checkpoint / self.RUNTIME_FILE).write_text(json.dumps({"seconds": self.total_seconds()}))
 
 
 class MirrorCallback(TrainerCallback):

@@ -21,12 +21,13 @@ from ..data.sources import iter_document_pieces, iter_texts
 from ..locking import exclusive_folder
 from ..metrics import metric_path
 from ..staging import staged_output
-from ..modeling import ScratchGPTConfig, ScratchGPTForCausalLM
+from ..modeling import PRESETS, ScratchGPTConfig, ScratchGPTForCausalLM
 from ..tokenization import generation_eos_token_ids, train_tokenizer
 from .arguments import DataArguments, ModelArguments, RunArguments, parse_args, parse_duration
 from .callbacks import (
     GracefulStopCallback,
     MirrorCallback,
+    TrainingTimeCallback,
     SampleGenerationCallback,
     generate_samples,
     parameters_are_sharded,
@@ -117,6 +118,19 @@ def public_names(inputs: list[str]) -> list[str]:
     return [path if path == "chitchat" else Path(path.rstrip("/\\")).name or path for path in inputs]
 
 
+def _finished_run(output_dir: Path, checkpoint: Path | None, max_steps: int) -> dict | None:
+    """The saved metrics of a run that already reached ``max_steps`` and saved its final model, else None."""
+    if checkpoint is None or max_steps <= 0 or not (output_dir / "metrics.json").is_file():
+        return None
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    if state.get("global_step", 0) < max_steps or not any(output_dir.glob("*.safetensors")):
+        return None
+    try:
+        return json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+
+
 def _is_write_failure(error: RuntimeError) -> bool:
     """Whether ``torch.save`` failed to write (it raises RuntimeError, not OSError, when a write fails)."""
     chain, seen = error, 0
@@ -204,13 +218,22 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     tokenizer_path = Path(data_args.tokenizer_path or output_dir / "tokenizer")
     data_path = Path(data_args.prepared_data or output_dir / "data")
 
+    # the context is known from the sizes alone: a block size beyond it fails before any tokenizer is trained
+    context = model_args.n_positions or PRESETS[model_args.preset]["n_positions"]
+    block_size = data_args.block_size or context
+    if block_size > context:
+        raise ValueError(f"block_size {block_size} is larger than the model context n_positions {context}")
+    if not run_args.fresh:  # a finished run is not trained, prepared or saved again
+        checkpoint = latest_complete_checkpoint(output_dir, training_args.world_size)
+        finished = _finished_run(output_dir, checkpoint, training_args.max_steps)
+        if finished is not None:
+            logger.warning("%s is a finished run (step %d of %d): nothing to do. The model is in %s; to train "
+                           "further, raise max_steps, or start over with --fresh true", output_dir,
+                           finished["global_step"], training_args.max_steps, output_dir)
+            return {**finished, "already_complete": True}
     with training_args.main_process_first(desc="tokenizer and prepared data"):
         tokenizer = load_or_train_tokenizer(data_args, tokenizer_path)
         config = build_config(model_args, tokenizer)
-        block_size = data_args.block_size or config.n_positions
-        if block_size > config.n_positions:
-            raise ValueError(f"block_size {block_size} is larger than the model context n_positions "
-                             f"{config.n_positions}")
         if run_args.fresh and training_args.process_index == 0:
             for checkpoint in list_checkpoints(output_dir):
                 logger.warning("--fresh: deleting %s", checkpoint)
@@ -238,7 +261,9 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     if eval_dataset is not None and data_args.max_eval_samples:
         eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
     stopper = GracefulStopCallback(time_budget)
-    callbacks = [stopper, SampleGenerationCallback(tokenizer, data_args.sample_prompts, data_args.sample_max_new_tokens)]
+    clock = TrainingTimeCallback(resume_from)  # before the mirror, so mirrored checkpoints carry the time too
+    callbacks = [stopper, clock,
+                 SampleGenerationCallback(tokenizer, data_args.sample_prompts, data_args.sample_max_new_tokens)]
     if run_args.mirror_dir:
         callbacks.append(MirrorCallback(run_args.mirror_dir))
     trainer = Trainer(
@@ -266,7 +291,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
                        stopper.reason)
         return {"stopped": stopper.reason, "global_step": trainer.state.global_step}
 
-    metrics = {**train_result.metrics, "global_step": trainer.state.global_step}
+    metrics = {**train_result.metrics, "global_step": trainer.state.global_step,
+               "train_runtime_total": clock.total_seconds()}  # every invocation of the run, not only this one
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
         metrics["eval_perplexity_from_loss"] = math.exp(metrics["eval_loss"])
