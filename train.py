@@ -14,6 +14,7 @@ import os
 import sys
 
 from scratchgpt.errors import one_line, user_error
+from scratchgpt.training.arguments import parse_args
 from scratchgpt.training.run import main as run
 
 
@@ -28,14 +29,26 @@ def main() -> int:
             raise  # a bug: keep the traceback
         print(f"train.py: error: {one_line(cause)}", file=sys.stderr)
         return 1
-    if metrics.get("already_complete"):
-        return 0  # said so in the log; nothing was trained or saved
-    if is_main_process and "eval_perplexity" in metrics:
+    if metrics.get("already_complete") or "stopped" in metrics or not is_main_process:
+        return 0  # said so in the log
+    if "eval_perplexity" in metrics:
         print(f"\nvalidation perplexity {metrics['eval_perplexity']:.2f}, next-token accuracy "
               f"{metrics['eval_accuracy']:.3f}, after {metrics['global_step']} steps")
-    for sample in metrics.get("samples", []) if is_main_process else []:
+    for sample in metrics.get("samples", []):
         print(f"\n> {sample['prompt']}\n{sample['reply']}")
+    print(next_steps(parse_args(sys.argv[1:])[3].output_dir))
     return 0
+
+
+def next_steps(output_dir: str) -> str:
+    """Where the results are and what to try next, for the end of a run."""
+    return f"""
+The model, its tokenizer, metrics.json and training_curves.png are in {output_dir}/. Next, in this environment
+(after `source .venv/bin/activate` if you used `make`):
+
+  scratchgpt chat {output_dir}
+  scratchgpt generate {output_dir} --prompt "Once upon a time" --max-new-tokens 60
+  python push_to_hub.py {output_dir} your-name/your-model --dry-run"""
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ def generate_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
     """Continue ``prompt``; returns the new text. ``temperature <= 0`` is greedy. With ``stream``, tokens are
     printed to stdout as they come (the prompt first). Seed with ``transformers.set_seed`` for reproducibility."""
     check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-    ids = tokenizer(prompt, return_tensors="pt", split_special_tokens=True).input_ids
+    # verbose=False: a prompt longer than the context is expected; it is cut to fit below
+    ids = tokenizer(prompt, return_tensors="pt", split_special_tokens=True, verbose=False).input_ids
     streamer = TextStreamer(tokenizer, skip_special_tokens=True) if stream else None
     return _generate(model, tokenizer, ids, max_new_tokens, streamer,
                      **_sampling(temperature, top_k, top_p, repetition_penalty))
@@ -85,7 +86,7 @@ def chat_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messa
         raise ValueError("this model's tokenizer has no chat template; use `generate` instead")
     check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True,
-                                        sanitize_control_tokens=True)["input_ids"]
+                                        sanitize_control_tokens=True, tokenizer_kwargs={"verbose": False})["input_ids"]
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     return _generate(model, tokenizer, ids, max_new_tokens, streamer,
                      **_sampling(temperature, top_k, top_p, repetition_penalty)).strip()

@@ -328,12 +328,13 @@ def test_random_json_lines(tmp_path, records):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(column=st.sampled_from(["text", "messages", "other"]),
-       values=st.lists(st.one_of(st.none(), st.text(max_size=20), st.integers()), min_size=1, max_size=5))
+       values=st.lists(st.one_of(st.none(), st.text(max_size=20), st.integers(-2**63, 2**63 - 1)), min_size=1,
+                       max_size=5))
 def test_random_parquet_columns(tmp_path, column, values):
     path = tmp_path / "random.parquet"
     try:
         table = pa.table({column: values})
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         return  # mixed types no parquet file can hold
     pq.write_table(table, path)
     try:

@@ -402,7 +402,14 @@ def test_accelerate_configs_say_when_to_use_them(config):
 
     text = config.read_text()
     assert text.startswith("# Use ")
-    assert yaml.safe_load(text)["distributed_type"] in ("MULTI_GPU", "FSDP")
+    settings = yaml.safe_load(text)
+    assert settings["distributed_type"] in ("MULTI_GPU", "FSDP")
+    assert "set it to" in next(line for line in text.splitlines() if line.startswith("num_processes:"))
+    if settings["distributed_type"] == "FSDP":
+        # transformers' Trainer.save_model writes model.safetensors under FSDP only for a full state dict
+        assert settings["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    if settings["num_machines"] > 1:
+        assert "main_process_ip" in settings and "machine_rank" in settings
 
 
 def test_sample_generation_is_skipped_when_parameters_are_sharded(monkeypatch):

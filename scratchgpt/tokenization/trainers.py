@@ -166,11 +166,12 @@ def train_char_tokenizer(
 
 
 def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int | None = None,
-                    min_frequency: int | None = None) -> PreTrainedTokenizerFast:
+                    min_frequency: int | None = None, show_progress: bool = True) -> PreTrainedTokenizerFast:
     """``train_bpe_tokenizer`` (default vocab 32,000, min_frequency 2) or ``train_char_tokenizer`` (no size bound,
     min_frequency 1) by ``kind``; the one entry point the CLI and train.py share."""
     if kind == "bpe":
-        return train_bpe_tokenizer(texts, vocab_size=vocab_size or 32000, min_frequency=min_frequency or 2)
+        return train_bpe_tokenizer(texts, vocab_size=vocab_size or 32000, min_frequency=min_frequency or 2,
+                                   show_progress=show_progress)
     if kind == "char":
         return train_char_tokenizer(texts, vocab_size=vocab_size, min_frequency=min_frequency or 1)
     raise ValueError(f"tokenizer type must be 'bpe' or 'char', got {kind!r}")

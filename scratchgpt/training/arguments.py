@@ -84,6 +84,8 @@ class RunArguments:
         "help": "start from scratch: delete this output_dir's checkpoints instead of resuming from the latest"})
     time_budget: str | None = field(default=None, metadata={
         "help": "save and stop after this much wall time, e.g. '11h30m' (hosted notebooks' session limits)"})
+    verbose: bool = field(default=False, metadata={
+        "help": "keep every library's progress bars and messages (default: one line per stage, one training bar)"})
     mirror_dir: str | None = field(default=None, metadata={
         "help": "also copy every checkpoint here (e.g. a mounted Drive); written under a temporary name, renamed "
                 "when complete"})

@@ -120,6 +120,8 @@ class SampleGenerationCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if not state.is_world_process_zero or model is None or not self.prompts or parameters_are_sharded(args):
             return
+        if state.global_step >= state.max_steps:  # the final samples are reported once, with the final results
+            return
         for prompt, reply in zip(self.prompts, generate_samples(model, self.tokenizer, self.prompts,
                                                                  self.max_new_tokens)):
             logger.info("sample at step %d | %s -> %s", state.global_step, prompt, reply)

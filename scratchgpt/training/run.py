@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import evaluate
@@ -73,12 +74,14 @@ def load_or_train_tokenizer(data_args: DataArguments, path: Path):
                            "trained: delete that folder to train a new one", path, len(tokenizer),
                            data_args.vocab_size)
         return tokenizer
-    logger.info("no tokenizer at %s: training a %s tokenizer from the inputs", path, data_args.tokenizer_type)
+    logger.info("tokenizer: training a %s tokenizer on the inputs ...", data_args.tokenizer_type)
     pieces = iter_document_pieces(data_args.inputs, data_args.text_documents, data_args.document_separator)
     texts = iter_texts(piece for piece, _ in pieces)
-    tokenizer = train_tokenizer(texts, data_args.tokenizer_type, vocab_size=data_args.vocab_size)
+    tokenizer = train_tokenizer(texts, data_args.tokenizer_type, vocab_size=data_args.vocab_size,
+                                show_progress=sys.stderr.isatty())  # a bar only where one can be drawn
     with staged_output(path) as staging:  # a failed save leaves no half-written tokenizer
         tokenizer.save_pretrained(staging)
+    logger.info("tokenizer: %s tokens (%s), saved in %s", f"{len(tokenizer):,}", data_args.tokenizer_type, path)
     return tokenizer
 
 
@@ -111,6 +114,17 @@ def _check_existing_run(output_dir: Path, config: ScratchGPTConfig) -> None:
     if different:
         raise ValueError(f"{output_dir} holds checkpoints of a different model ({'; '.join(different)}): use another "
                          f"output_dir, or --fresh true to delete them")
+
+
+def _quiet() -> None:
+    """One line per stage: the libraries' per-step bars (Arrow writes, tokenizing, model shards) off; the Trainer's
+    training bar and our own stage lines stay. ``--verbose true`` keeps everything."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
 
 
 def public_names(inputs: list[str]) -> list[str]:
@@ -205,6 +219,10 @@ def main(argv: list[str]) -> dict:
     the same folder stops at once, naming the first. Under torchrun or accelerate only rank 0 takes it; if it cannot,
     it exits and the launcher stops the other ranks."""
     model_args, data_args, run_args, training_args = parse_args(argv)
+    if not run_args.verbose:
+        _quiet()
+    if training_args.ddp_find_unused_parameters is None:
+        training_args.ddp_find_unused_parameters = False  # every parameter takes part in the loss: no search needed
     if training_args.process_index == 0:
         with exclusive_folder(training_args.output_dir, what="training run"):
             return _train(model_args, data_args, run_args, training_args)
@@ -245,6 +263,10 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
                                   text_documents=data_args.text_documents,
                                   document_separator=data_args.document_separator,
                                   validation_inputs=data_args.validation_inputs)
+        splits = read_metadata(data_path)["splits"]
+        logger.info("data: %s training and %s validation blocks of %d tokens, in %s",
+                    f"{splits['train']['blocks']:,}", f"{splits.get('validation', {}).get('blocks', 0):,}",
+                    block_size, data_path)
 
     resume_from = latest_complete_checkpoint(output_dir, training_args.world_size)
     if resume_from is not None:
@@ -255,7 +277,9 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     model.set_attn_implementation(model_args.attn_implementation)
     model.generation_config.eos_token_id = generation_eos_token_ids(tokenizer) or None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    logger.info("model: %s parameters, %s", f"{model.num_parameters():,}", config.to_diff_dict())
+    logger.info("model: %s parameters (%s preset, %d layers x %d, context %d)", f"{model.num_parameters():,}",
+                model_args.preset, config.n_layer, config.n_embd, config.n_positions)
+    logger.debug("model config: %s", config.to_diff_dict())
 
     eval_dataset = dataset.get("validation")
     if eval_dataset is not None and data_args.max_eval_samples:
@@ -297,6 +321,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         metrics.update(trainer.evaluate())
         metrics["eval_perplexity_from_loss"] = math.exp(metrics["eval_loss"])
     _save_final_model(trainer, output_dir)
+    logger.info("saved the model, tokenizer and metrics in %s", output_dir)
     metrics["training"] = _training_summary(training_args, data_args, block_size, read_metadata(data_path))
     if trainer.is_world_process_zero():
         if not parameters_are_sharded(training_args):
