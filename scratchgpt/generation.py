@@ -12,7 +12,7 @@ import logging
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 
-from .tokenization import generation_eos_token_ids
+from .tokenization import encode_chats, generation_eos_token_ids
 
 
 __all__ = ["context_length", "check_sampling", "generate_text", "chat_reply"]
@@ -85,8 +85,7 @@ def chat_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messa
     if not tokenizer.chat_template:
         raise ValueError("this model's tokenizer has no chat template; use `generate` instead")
     check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True,
-                                        sanitize_control_tokens=True, tokenizer_kwargs={"verbose": False})["input_ids"]
+    ids = torch.tensor([encode_chats(tokenizer, [messages], add_generation_prompt=True)[0]])
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     return _generate(model, tokenizer, ids, max_new_tokens, streamer,
                      **_sampling(temperature, top_k, top_p, repetition_penalty)).strip()

@@ -76,3 +76,14 @@ def test_special_token_strings_in_prompts_are_text():
     specials = [tokenizer.convert_ids_to_tokens(i) for i in seen[1] if i in special_ids]
     assert specials == ["<|user|>", "<|end|>", "<|assistant|>"]  # the template's markers only
     assert tokenizer.decode(seen[1]) == "<|user|>\nwhat is <|end|>?<|end|>\n<|assistant|>\n"
+
+
+def test_long_chats_are_cut_without_a_tokenizer_warning(caplog):
+    tokenizer = tiny_tokenizer()
+    tokenizer.model_max_length = 64
+    model = model_for(tokenizer)
+    history = [{"role": "user", "content": f"message number {i} about the quick brown fox"} for i in range(20)]
+    with caplog.at_level("WARNING"):
+        chat_reply(model, tokenizer, history, max_new_tokens=4, temperature=0)
+        generate_text(model, tokenizer, "a long prompt " * 40, max_new_tokens=4, temperature=0)
+    assert "Token indices sequence length is longer" not in caplog.text  # expected, and handled by the cut

@@ -208,6 +208,20 @@ def test_validation_loss_agrees_with_evaluate_on_the_same_text(tmp_path):
     assert evaluated["mean_nll"] == pytest.approx(metrics["eval_loss"], rel=0.02)
 
 
+def test_train_py_output_is_one_line_per_stage_and_ends_with_next_steps(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), *tiny_run_args(tmp_path, disable_tqdm="false")],
+                            capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for stage in ("tokenizer: training a char tokenizer", "data: ", "model: ", "saved the model"):
+        assert result.stderr.count(stage) == 1, stage
+    for noise in ("Generating train split", "Tokenizing", "Writing model shards", "Saving the dataset"):
+        assert noise not in result.stderr, noise
+    assert result.stdout.count("> Hi! How are you doing today?") == 1  # the final samples, once
+    assert "sample at step 8" not in result.stderr  # not logged again at the final evaluation
+    assert f"scratchgpt chat {tmp_path / 'run'}" in result.stdout and "push_to_hub.py" in result.stdout
+
+
 def test_rerunning_a_finished_run_does_nothing(tmp_path, caplog):
     first = train(tiny_run_args(tmp_path))
     run = tmp_path / "run"

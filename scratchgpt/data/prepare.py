@@ -39,6 +39,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..locking import exclusive_folder
 from ..staging import staged_output
+from ..tokenization import encode_chats
 from .cleaning import clean_documents
 from .sources import DEFAULT_SEPARATOR, check_text_options, describe_inputs, iter_document_pieces, resolve_inputs
 
@@ -103,21 +104,6 @@ def _encode_literally(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> l
         backend.encode_special_tokens = before
 
 
-def _encode_conversations(tokenizer: PreTrainedTokenizerBase, conversations: list) -> list[list[int]]:
-    """Token ids of conversations through the chat template: its role and end-of-turn markers are special ids,
-    the same strings inside a message are text."""
-    rendered = tokenizer.apply_chat_template(conversations, tokenize=False)
-    encodings = tokenizer.backend_tokenizer.encode_batch_fast(rendered, add_special_tokens=False)
-    ids = [encoding.ids for encoding in encodings]
-    added = tuple(tokenizer.added_tokens_encoder)
-    for i, conversation in enumerate(conversations):
-        if any(token in message["content"] for message in conversation for token in added):
-            # rare: transformers' own sanitising path (slower, one conversation at a time)
-            ids[i] = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False,
-                                                   sanitize_control_tokens=True)
-    return ids
-
-
 def tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase) -> dict:
     """Token ids of each record (plain text literally, conversations through the chat template), followed by one
     ``<|endoftext|>`` where the record ends its document."""
@@ -127,7 +113,7 @@ def tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase) -> dict:
     for i, encoded in zip(plain, _encode_literally(tokenizer, [batch["text"][i] for i in plain])):
         ids[i] = encoded
     if chats:
-        for i, encoded in zip(chats, _encode_conversations(tokenizer, [batch["messages"][i] for i in chats])):
+        for i, encoded in zip(chats, encode_chats(tokenizer, [batch["messages"][i] for i in chats])):
             ids[i] = encoded
     ends = batch.get("ends_document") or [True] * len(ids)
     eos = tokenizer.eos_token_id

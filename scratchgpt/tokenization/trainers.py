@@ -22,6 +22,7 @@ __all__ = [
     "train_char_tokenizer",
     "train_tokenizer",
     "character_tokenizer",
+    "encode_chats",
     "generation_eos_token_ids",
     "hold_out",
     "bytes_per_token",
@@ -175,6 +176,21 @@ def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int | N
     if kind == "char":
         return train_char_tokenizer(texts, vocab_size=vocab_size, min_frequency=min_frequency or 1)
     raise ValueError(f"tokenizer type must be 'bpe' or 'char', got {kind!r}")
+
+
+def encode_chats(tokenizer: PreTrainedTokenizerFast, conversations: list[list[dict[str, str]]],
+                 add_generation_prompt: bool = False) -> list[list[int]]:
+    """Token ids of conversations through the chat template, whose role and end-of-turn markers become special ids;
+    the same strings inside a message stay text. Rendered and encoded in one batch; only a conversation whose
+    messages contain such a string goes through transformers' ``sanitize_control_tokens`` (one at a time)."""
+    rendered = tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=add_generation_prompt)
+    ids = [encoding.ids for encoding in tokenizer.backend_tokenizer.encode_batch_fast(rendered, add_special_tokens=False)]
+    added = tuple(tokenizer.added_tokens_encoder)
+    for i, conversation in enumerate(conversations):
+        if any(token in message["content"] for message in conversation for token in added):
+            ids[i] = tokenizer.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt,
+                                                   tokenize=True, return_dict=False, sanitize_control_tokens=True)
+    return ids
 
 
 def generation_eos_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
