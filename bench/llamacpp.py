@@ -2,7 +2,7 @@
 (``model.generate`` with a KV cache, greedy, what ``scratchgpt generate --temperature 0`` runs), side by side in one
 run, and how closely llama.cpp's logits follow ours.
 
-    python bench/llamacpp.py [--preset tiny] [--vocab 8192] [--new-tokens 256] [--repeats 3] [--json bench/llamacpp.json]
+    python bench/llamacpp.py [--preset tiny] [--vocab 8192] [--new-tokens 256] [--repeats 3] [--json FILE]
 
 The model is the preset with ``activation_function="gelu_new"`` (llama.cpp's GELU), random weights scaled up so the
 logits are not flat, and a byte-level BPE trained on chitchat. Greedy decoding of ``--new-tokens`` tokens after a

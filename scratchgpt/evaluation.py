@@ -1,10 +1,11 @@
 """Sliding-window perplexity and bits per byte of any causal LM on held-out text.
 
-The documents are tokenized exactly as ``scratchgpt prepare`` tokenizes them for training (plain text literally, each
-document followed by ``<|endoftext|>``; see ``data.prepare.encode_documents``), after one ``<|endoftext|>`` so that
-the first real token is predicted too, and scored in windows of ``block_size`` tokens that advance by ``stride``: each window scores only
-the tokens no earlier window scored, with the rest of the window as context. ``stride == block_size`` gives
-(nearly) disjoint windows; a smaller stride gives every token more context (and costs more compute).
+The documents are tokenized exactly as ``scratchgpt prepare`` tokenizes them for training (plain text literally,
+each document followed by ``<|endoftext|>``; see ``data.prepare.encode_documents``), after one ``<|endoftext|>`` so
+that the first real token is predicted too, and scored in windows of ``block_size`` tokens that advance by
+``stride``: each window scores only the tokens no earlier window scored, with the rest of the window as context.
+``stride == block_size`` gives (nearly) disjoint windows; a smaller stride gives every token more context (and costs
+more compute).
 
 Bits per byte divides the total negative log-likelihood (in bits) by the UTF-8 size of the scored text, so it does
 not depend on the tokenizer: a character-level and a BPE model can be compared on the same text.

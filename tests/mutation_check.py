@@ -23,7 +23,8 @@ MUTATIONS = [
      "                size += len(text.encode(\"utf-8\"))\n                yield text\n            else:\n"
      "                yield text",
      "held-out texts are trained on too", "tests/test_tokenization.py tests/test_cli.py -k 'hold_out or bpe_on_files'"),
-    ("scratchgpt/generation.py", "ids = ids[:, -(context - max_new_tokens):]", "ids = ids[:, :context - max_new_tokens]",
+    ("scratchgpt/generation.py", "ids = ids[:, -(context - max_new_tokens):]",
+     "ids = ids[:, :context - max_new_tokens]",
      "a long prompt keeps its start instead of its end", "tests/test_generation.py -k long_prompts"),
     ("scratchgpt/training/checkpoints.py",
      "    missing = [name for name in rng_files if not zipfile.is_zipfile(checkpoint / name)]", "    missing = []",

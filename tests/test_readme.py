@@ -73,8 +73,9 @@ def write_workspace(folder: Path) -> None:
     (folder / "notes").mkdir()
     (folder / "notes" / "a.txt").write_text("\n\n".join(texts[:50]))
     (folder / "books.txt").write_text("\n\n".join(texts))
-    (folder / "chats.jsonl").write_text("".join(json.dumps({"messages": [
-        {"role": "user", "content": t.split("\n")[0]}, {"role": "assistant", "content": t}]}) + "\n" for t in texts[:200]))
+    chats = [{"messages": [{"role": "user", "content": t.split("\n")[0]}, {"role": "assistant", "content": t}]}
+             for t in texts[:200]]
+    (folder / "chats.jsonl").write_text("".join(json.dumps(chat) + "\n" for chat in chats))
     (folder / "shakespeare.txt").write_text("ROMEO:\nBut, soft! what light through yonder window breaks?\n\n" * 50)
     (folder / "corpus").mkdir()
     (folder / "corpus" / "part1.txt").write_text("\n\n".join(texts[:2000]))

@@ -213,6 +213,38 @@ def _read_documents(files: list[str], text_documents: str, document_separator: s
         raise
 
 
+def _split(documents: Dataset, validation_files: list[str], val_fraction: float, seed: int, text_documents: str,
+           document_separator: str, cache: str, fingerprint: str) -> tuple[str, dict[str, Dataset]]:
+    """(split method, {split name: records}); see the module docstring for the order of the methods. The ``tail``
+    method returns the training records only: its split is made on the token stream (``_tail_spans``)."""
+    if validation_files:
+        validation = _read_documents(validation_files, text_documents, document_separator, cache,
+                                     f"{fingerprint[:32]}-validation-documents")
+        if len(validation) == 0:
+            raise ValueError(f"no documents in {', '.join(validation_files)}")
+        return "validation_inputs", {"train": documents, "validation": validation}
+    if val_fraction == 0:
+        return "none", {"train": documents}
+    held_out = _validation_documents(documents, val_fraction, seed)
+    if held_out is None:
+        return "tail", {"train": documents}
+    mask = np.isin(_column(documents, "document"), held_out)
+    return "document", {"train": documents.select(np.flatnonzero(~mask)),
+                        "validation": documents.select(np.flatnonzero(mask))}
+
+
+def _tail_spans(token_ids: Dataset, n_tokens: int, n_documents: int, block_size: int, val_fraction: float):
+    """The training head and validation tail of one token stream, in whole blocks: the last ``val_fraction`` of its
+    blocks (at least one) for validation, and the partial block between them dropped."""
+    n_validation = max(1, round(n_tokens // block_size * val_fraction))
+    validation_start = n_tokens - n_validation * block_size
+    if validation_start < block_size:
+        raise ValueError(f"the corpus has {n_tokens:,} tokens, too few for a training and a validation block of "
+                         f"block_size {block_size}: give more text, a smaller block size or a val_fraction of 0")
+    return [("train", token_ids, 0, validation_start, n_documents),
+            ("validation", token_ids, validation_start, n_tokens, 0)]
+
+
 def prepare_dataset(
     tokenizer: PreTrainedTokenizerBase,
     inputs: list[str],
@@ -270,25 +302,8 @@ def prepare_dataset(
             if len(documents) == 0:
                 raise ValueError(f"no documents in {', '.join(inputs)}")
             documents, cleaning = clean_documents(documents, clean, num_proc)
-            held_out = None if validation_files or val_fraction == 0 else \
-                _validation_documents(documents, val_fraction, seed)
-            if validation_files:
-                method = "validation_inputs"
-                parts = {"train": documents, "validation": _read_documents(validation_files, text_documents,
-                                                                           document_separator, cache,
-                                                                           f"{fingerprint[:32]}-validation-documents")}
-                if len(parts["validation"]) == 0:
-                    raise ValueError(f"no documents in {', '.join(validation_inputs)}")
-            elif val_fraction == 0:
-                method, parts = "none", {"train": documents}
-            elif held_out is not None:
-                method = "document"
-                mask = np.isin(_column(documents, "document"), held_out)
-                parts = {"train": documents.select(np.flatnonzero(~mask)),
-                         "validation": documents.select(np.flatnonzero(mask))}
-            else:
-                method, parts = "tail", {"train": documents}
-
+            method, parts = _split(documents, validation_files, val_fraction, seed, text_documents,
+                                   document_separator, cache, fingerprint)
             tokenized = {name: part.map(
                 tokenize_batch, batched=True, num_proc=num_proc, fn_kwargs={"tokenizer": tokenizer},
                 remove_columns=part.column_names, features=Features({"input_ids": List(Value(dtype))}),
@@ -297,22 +312,14 @@ def prepare_dataset(
             spans = [(name, token_ids, 0, _n_tokens(token_ids), _n_documents(parts[name]))
                      for name, token_ids in tokenized.items()]
             if method == "tail":
-                n_tokens = spans[0][3]
-                n_validation = max(1, round(n_tokens // block_size * val_fraction))
-                n_train = (n_tokens - n_validation * block_size) // block_size
-                if n_train < 1:
-                    raise ValueError(f"the corpus has {n_tokens:,} tokens, too few for a training and a validation block "
-                                     f"of block_size {block_size}: give more text, a smaller block size or a "
-                                     f"val_fraction of 0")
-                validation_start = n_tokens - n_validation * block_size
-                spans = [("train", tokenized["train"], 0, validation_start, spans[0][4]),
-                         ("validation", tokenized["train"], validation_start, n_tokens, 0)]
+                spans = _tail_spans(tokenized["train"], spans[0][3], spans[0][4], block_size, val_fraction)
             splits, counts = {}, {}
             for name, token_ids, start, stop, n_documents in spans:
                 n_blocks = (stop - start) // block_size
                 if n_blocks == 0:
-                    raise ValueError(f"the {name} split has {stop - start:,} tokens, fewer than one block of block_size "
-                                     f"{block_size}: give more text, a smaller block size or a different val fraction")
+                    raise ValueError(f"the {name} split has {stop - start:,} tokens, fewer than one block of "
+                                     f"block_size {block_size}: give more text, a smaller block size or a different "
+                                     f"val fraction")
                 splits[name] = Dataset.from_generator(
                     pack_blocks, features=Features({"input_ids": List(Value(dtype), length=block_size)}),
                     cache_dir=cache, fingerprint=f"{fingerprint[:32]}-{name}",

@@ -203,7 +203,8 @@ def _parquet_rows(path: str) -> Iterator[Document]:
     parquet = pq.ParquetFile(path)
     column = next((name for name in ("text", "messages") if name in parquet.schema_arrow.names), None)
     if column is None:
-        raise ValueError(f"{path}: expected a 'text' or 'messages' column, found {', '.join(parquet.schema_arrow.names)}")
+        found = ", ".join(parquet.schema_arrow.names)
+        raise ValueError(f"{path}: expected a 'text' or 'messages' column, found {found}")
     row = 0
     for batch in parquet.iter_batches(columns=[column], batch_size=1024):
         for value in batch.column(0).to_pylist():

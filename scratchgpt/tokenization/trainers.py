@@ -184,7 +184,8 @@ def encode_chats(tokenizer: PreTrainedTokenizerFast, conversations: list[list[di
     the same strings inside a message stay text. Rendered and encoded in one batch; only a conversation whose
     messages contain such a string goes through transformers' ``sanitize_control_tokens`` (one at a time)."""
     rendered = tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=add_generation_prompt)
-    ids = [encoding.ids for encoding in tokenizer.backend_tokenizer.encode_batch_fast(rendered, add_special_tokens=False)]
+    encodings = tokenizer.backend_tokenizer.encode_batch_fast(rendered, add_special_tokens=False)
+    ids = [encoding.ids for encoding in encodings]
     added = tuple(tokenizer.added_tokens_encoder)
     for i, conversation in enumerate(conversations):
         if any(token in message["content"] for message in conversation for token in added):
