@@ -1,7 +1,7 @@
 """Publish a trained model folder (train.py's output_dir, or one of its checkpoints) to the Hugging Face Hub.
 
     python push_to_hub.py runs/demo your-name/scratchgpt-demo [--private] [--revision BRANCH]
-        [--commit-message MSG] [--dry-run] [--token TOKEN] [--include PATTERN ...]
+        [--commit-message MSG] [--dry-run] [--token TOKEN] [--include PATTERN ...] [--space your-name/demo-space]
 
 The token comes from --token, HF_TOKEN or the saved login (`hf auth login`) and is never printed or written.
 """
@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from scratchgpt.errors import one_line, user_error
-from scratchgpt.hub import push_folder
+from scratchgpt.hub import push_folder, push_space
 
 
 def main() -> int:
@@ -24,11 +24,15 @@ def main() -> int:
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
     parser.add_argument("--include", nargs="*", default=[], metavar="PATTERN",
                         help="extra files to upload (e.g. 'optimizer.pt'); by default only the model files go")
+    parser.add_argument("--space", default=None, metavar="NAMESPACE/SPACE",
+                        help="also create or update a Gradio Space serving the model with scratchgpt's web demo")
     args = parser.parse_args()
     try:
         result = push_folder(args.folder, args.repo_id, token=args.token, private=args.private,
                              revision=args.revision, commit_message=args.commit_message, include=args.include,
                              dry_run=args.dry_run)
+        space = push_space(args.space, [args.repo_id], token=args.token, private=args.private,
+                           dry_run=args.dry_run) if args.space else None
     except Exception as error:
         if (cause := user_error(error)) is None:
             raise  # a bug: keep the traceback
@@ -41,6 +45,10 @@ def main() -> int:
         print("\n" + result["card"])
     else:
         print(f"\npushed {len(result['files'])} files to {args.repo_id}: {result['commit_url']}")
+    if space is not None:
+        print(f"\nSpace {args.space}: " + ", ".join(name for name, _ in space["files"] if "/" not in name)
+              + f" and scratchgpt's code ({sum(1 for name, _ in space['files'] if '/' in name)} files)")
+        print("\n" + space["app"] if args.dry_run else f"pushed: {space['commit_url']}")
     return 0
 
 

@@ -27,7 +27,7 @@ from .data.sources import DEFAULT_SEPARATOR, TEXT_DOCUMENTS, iter_document_piece
 from .evaluation import evaluate_documents
 from .errors import one_line, user_error
 from .generation import chat_reply, check_sampling, generate_text
-from .loading import check_safetensors, load_model_and_tokenizer, load_tokenizer
+from .loading import check_safetensors, load_model_and_tokenizer, load_tokenizer, resolve_model
 from .modeling import ScratchGPTForCausalLM
 from .modeling.convert import convert_legacy_checkpoint, from_gpt2, to_gguf, to_gpt2
 from .staging import refuse_existing, staged_output
@@ -200,6 +200,16 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"{name:<18}{value:,.4f}" if isinstance(value, float) else f"{name:<18}{value:,}")
 
 
+def _demo(args: argparse.Namespace) -> None:
+    try:
+        from .demo import launch
+    except ImportError:
+        raise ValueError('the web demo needs gradio: pip install -e ".[demo]"') from None
+    for name in args.model:
+        resolve_model(name)  # a missing folder or unknown id fails here, before the server starts
+    launch(args.model, host=args.host, port=args.port, share=args.share)
+
+
 def _add_text_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--text-documents", choices=TEXT_DOCUMENTS, default="file",
                          help=".txt documents: 'file' (each file verbatim, the default), 'separator' (split at "
@@ -281,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--input", default=None, metavar="FILE",
                       help="read the user's messages from FILE, one per line (default: stdin; interactive on a tty)")
     chat.set_defaults(handler=_chat)
+
+    demo = commands.add_parser("demo", help="a web page to chat with your models (Gradio; pip install -e \".[demo]\")")
+    demo.add_argument("model", nargs="+", help="model folders or Hub ids; the first is shown first")
+    demo.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
+    demo.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860, or the next free one)")
+    demo.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    demo.set_defaults(handler=_demo)
 
     evaluate = commands.add_parser("evaluate", help="sliding-window perplexity and bits per byte on held-out text")
     evaluate.add_argument("model", help="model folder")

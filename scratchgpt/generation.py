@@ -8,14 +8,23 @@ message is encoded as those characters, never as the special id (only the chat t
 """
 
 import logging
+import threading
+from collections.abc import Iterator
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+    TextStreamer,
+)
 
 from .tokenization import encode_chats, generation_eos_token_ids
 
 
-__all__ = ["context_length", "check_sampling", "generate_text", "chat_reply"]
+__all__ = ["context_length", "check_sampling", "generate_text", "chat_reply", "stream_reply"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +56,30 @@ def _sampling(temperature: float, top_k: int | None, top_p: float | None, repeti
             "repetition_penalty": repetition_penalty}
 
 
+def _prompt_ids(tokenizer, prompt: str | list[dict[str, str]]) -> torch.Tensor:
+    """(1, T) ids of a text prompt (special-token strings as text) or of a chat (``[{"role", "content"}]``) through
+    the chat template with the assistant's turn opened."""
+    if isinstance(prompt, str):
+        # verbose=False: a prompt longer than the context is expected; it is cut to fit in _generate
+        return tokenizer(prompt, return_tensors="pt", split_special_tokens=True, verbose=False).input_ids
+    if not tokenizer.chat_template:
+        raise ValueError("this model's tokenizer has no chat template; use `generate` instead")
+    return torch.tensor([encode_chats(tokenizer, [prompt], add_generation_prompt=True)[0]])
+
+
+class _StopOnEvent(StoppingCriteria):
+    """Ends generation after the current token once ``event`` is set (a stop button)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
-def _generate(model, tokenizer, ids: torch.Tensor, max_new_tokens: int, streamer=None, **sampling) -> str:
+def _generate(model, tokenizer, ids: torch.Tensor, max_new_tokens: int, streamer=None, stopping_criteria=None,
+              **sampling) -> str:
     context = context_length(model)
     if context is not None:
         if max_new_tokens > context // 2:  # leave at least half the context to the prompt
@@ -60,7 +91,7 @@ def _generate(model, tokenizer, ids: torch.Tensor, max_new_tokens: int, streamer
     output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                             eos_token_id=generation_eos_token_ids(tokenizer) or model.generation_config.eos_token_id,
                             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                            else tokenizer.eos_token_id, streamer=streamer,
+                            else tokenizer.eos_token_id, streamer=streamer, stopping_criteria=stopping_criteria,
                             **{k: v for k, v in sampling.items() if v is not None})
     return tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
 
@@ -71,8 +102,7 @@ def generate_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
     """Continue ``prompt``; returns the new text. ``temperature <= 0`` is greedy. With ``stream``, tokens are
     printed to stdout as they come (the prompt first). Seed with ``transformers.set_seed`` for reproducibility."""
     check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-    # verbose=False: a prompt longer than the context is expected; it is cut to fit below
-    ids = tokenizer(prompt, return_tensors="pt", split_special_tokens=True, verbose=False).input_ids
+    ids = _prompt_ids(tokenizer, prompt)
     streamer = TextStreamer(tokenizer, skip_special_tokens=True) if stream else None
     return _generate(model, tokenizer, ids, max_new_tokens, streamer,
                      **_sampling(temperature, top_k, top_p, repetition_penalty))
@@ -82,10 +112,42 @@ def chat_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messa
                max_new_tokens: int = 100, temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None,
                repetition_penalty: float | None = None, stream: bool = False) -> str:
     """The assistant's next turn after ``messages`` (``[{"role", "content"}]``), stopping at the end-of-turn token."""
-    if not tokenizer.chat_template:
-        raise ValueError("this model's tokenizer has no chat template; use `generate` instead")
     check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-    ids = torch.tensor([encode_chats(tokenizer, [messages], add_generation_prompt=True)[0]])
+    ids = _prompt_ids(tokenizer, messages)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     return _generate(model, tokenizer, ids, max_new_tokens, streamer,
                      **_sampling(temperature, top_k, top_p, repetition_penalty)).strip()
+
+
+def stream_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]],
+                 max_new_tokens: int = 100, temperature: float = 0.8, top_k: int | None = 50,
+                 top_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
+                 stop: threading.Event | None = None) -> Iterator[str]:
+    """The reply to ``prompt`` (a text to continue, or a chat's messages), yielded as it grows: each item is the
+    whole text so far. The last item is what ``generate_text`` / ``chat_reply`` return for the same arguments and
+    ``seed``. Setting ``stop`` ends it after the current token (the web demo's stop button)."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    ids = _prompt_ids(tokenizer, prompt)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    stopping = StoppingCriteriaList([_StopOnEvent(stop)]) if stop is not None else None
+    failure = []
+
+    def run():
+        try:
+            if seed is not None:
+                torch.manual_seed(seed)
+            _generate(model, tokenizer, ids, max_new_tokens, streamer, stopping,
+                      **_sampling(temperature, top_k, top_p, repetition_penalty))
+        except BaseException as error:  # re-raised in the caller's thread
+            failure.append(error)
+            streamer.end()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    text = ""
+    for piece in streamer:
+        text += piece
+        yield text if isinstance(prompt, str) else text.strip()
+    worker.join()
+    if failure:
+        raise failure[0]

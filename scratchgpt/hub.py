@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - depends on the installed huggingface_h
     from httpx import TransportError
 
 
-__all__ = ["ALLOWED_FILES", "select_files", "model_card", "push_folder"]
+__all__ = ["ALLOWED_FILES", "select_files", "model_card", "push_folder", "push_space"]
 
 ALLOWED_FILES = [
     "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
@@ -176,31 +176,64 @@ def push_folder(folder: str | Path, repo_id: str, token: str | None = None, priv
     ``FileNotFoundError`` / ``ConnectionError`` with one-line messages (never containing the token).
     """
     folder = Path(folder)
+    _check_repo_id(repo_id)
+    card = model_card(folder, repo_id)
+    files = [p for p in select_files(folder, include) if p.name != "README.md"]
+    listing = [(p.name, p.stat().st_size) for p in files] + [("README.md", len(card.encode("utf-8")))]
+    if dry_run:
+        return {"files": listing, "card": card, "commit_url": None}
+    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
+    commit_url = _commit(repo_id, operations, token, commit_message or f"Upload {folder.name} with scratchgpt",
+                         retries, revision=revision, private=private)
+    return {"files": listing, "card": card, "commit_url": commit_url}
+
+
+def push_space(space_id: str, models: list[str], token: str | None = None, private: bool = False,
+               dry_run: bool = False, retries: int = 3) -> dict:
+    """Create (or update) a Gradio Space ``space_id`` serving ``models`` (Hub ids) with scratchgpt's web demo.
+
+    Returns ``{"files": [(path_in_repo, size)], "commit_url": str | None}``; ``dry_run`` uploads nothing."""
+    from .demo import space_files
+
+    _check_repo_id(space_id)
+    for model in models:
+        _check_repo_id(model)
+    files = space_files(models)
+    listing = [(name, len(content)) for name, content in files.items()]
+    if dry_run:
+        return {"files": listing, "commit_url": None, "app": files["app.py"].decode()}
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in files.items()]
+    commit_url = _commit(space_id, operations, token, f"scratchgpt demo for {', '.join(models)}", retries,
+                         private=private, repo_type="space", space_sdk="gradio")
+    return {"files": listing, "commit_url": commit_url}
+
+
+def _check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
         raise ValueError(f"invalid repo id {repo_id!r}: use 'namespace/name' with letters, digits, '-', '_', '.'")
     if "/" not in repo_id:
         raise ValueError(f"invalid repo id {repo_id!r}: include the namespace, e.g. 'your-name/{repo_id}'")
-    card = model_card(folder, repo_id)
-    files = [p for p in select_files(folder, include) if p.name != "README.md"]
-    listing = [(p.name, p.stat().st_size) for p in files] + [("README.md", len(card.encode("utf-8")))]
-    if dry_run:
-        return {"files": listing, "card": card, "commit_url": None}
+
+
+def _commit(repo_id: str, operations: list, token: str | None, message: str, retries: int,
+            revision: str | None = None, private: bool = False, repo_type: str = "model", **create_kwargs) -> str:
+    """Create the repository if needed and commit ``operations`` in one commit, retrying network failures; one-line
+    errors that never contain the token."""
     token = token or get_token()
     if not token:
         raise ValueError("no Hugging Face token: pass --token, set HF_TOKEN, or log in with `hf auth login`")
     api = HfApi(token=token)
-    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
-    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
     for attempt in range(1, retries + 1):
         try:
-            api.create_repo(repo_id, private=private, exist_ok=True)
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, **create_kwargs)
             if revision:
-                api.create_branch(repo_id, branch=revision, exist_ok=True)
-            info = api.create_commit(repo_id, operations, revision=revision,
-                                     commit_message=commit_message or f"Upload {folder.name} with scratchgpt")
-            return {"files": listing, "card": card, "commit_url": info.commit_url}
+                api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
+            info = api.create_commit(repo_id, operations, revision=revision, commit_message=message,
+                                     repo_type=repo_type)
+            return info.commit_url
         except HfHubHTTPError as error:
             status = error.response.status_code if error.response is not None else None
             if status in (401, 403):

@@ -24,6 +24,12 @@ def pytest_collection_modifyitems(config, items):
     skips = {}
     if not torch.cuda.is_available():
         skips["gpu"] = pytest.mark.skip(reason="needs a CUDA device; none is present on this machine")
+    import shutil
+
+    if not (_installed("selenium") and shutil.which("chromedriver") and (shutil.which("chromium")
+                                                                       or shutil.which("chromium-browser"))):
+        skips["browser"] = pytest.mark.skip(reason="needs Chromium, its driver and selenium: apt-get install chromium "
+                                                   'chromium-driver; pip install -e ".[dev]"')
     if not _installed("llama_cpp"):
         skips["llamacpp"] = pytest.mark.skip(reason='needs llama-cpp-python: pip install -e ".[gguf-check]" '
                                                     '(compiles llama.cpp, a few minutes; CI installs it)')

@@ -64,6 +64,8 @@ class HubServer:
                 if path == "/api/repos/create":
                     request = json.loads(self._body())
                     repo_id = f"{request.get('organization') or 'user'}/{request['name']}"
+                    if request.get("type") == "space":
+                        repo_id = f"spaces/{repo_id}"
                     if repo_id in server.repos:
                         return self._json(409, {"error": "You already created this model repo", "url": repo_id})
                     server.repos[repo_id] = _Repo(bool(request.get("private")))
@@ -71,11 +73,13 @@ class HubServer:
                 if path == "/api/validate-yaml":  # model card metadata check before a README.md upload
                     self._body()
                     return self._json(200, {"errors": [], "warnings": []})
-                if match := re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/(.+)", path):
+                if match := re.fullmatch(r"/api/spaces/([^/]+/[^/]+)/(preupload|commit)/(.+)", path):
+                    path = path.replace("/api/spaces/", "/api/models/spaces/", 1)  # spaces are keyed "spaces/ns/name"
+                if match := re.fullmatch(r"/api/models/((?:spaces/)?[^/]+/[^/]+)/preupload/(.+)", path):
                     files = json.loads(self._body())["files"]
                     return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular",
                                                        "shouldIgnore": False} for f in files]})
-                if match := re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/(.+)", path):
+                if match := re.fullmatch(r"/api/models/((?:spaces/)?[^/]+/[^/]+)/commit/(.+)", path):
                     repo = server.repos.get(match.group(1))
                     if repo is None:
                         return self._json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
