@@ -221,6 +221,20 @@ def test_chunked_loss_without_grad_mode_computes_no_gradients():
         assert counter.get_total_flops() == matmuls * logits_flops
 
 
+def test_a_frozen_head_gets_no_weight_gradient_matmuls():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    hidden, labels = torch.randn(2, 16, 8, requires_grad=True), torch.randint(0, 40, (2, 16))
+    weight = torch.randn(40, 8)  # frozen, as under LoRA on the blocks
+    logits_flops = 2 * 32 * 8 * 40
+    with FlopCounterMode(display=False) as counter:
+        loss = chunked_causal_lm_loss(hidden, weight, labels, chunk_rows=8)
+        (grad,) = torch.autograd.grad(loss, hidden)
+    assert counter.get_total_flops() == 2 * logits_flops  # logits and the hidden states' gradient only
+    reference = ForCausalLMLoss(hidden @ weight.T, labels, vocab_size=40)
+    torch.testing.assert_close(grad, torch.autograd.grad(reference, hidden)[0], atol=1e-6, rtol=1e-5)
+
+
 def test_training_forward_with_labels_skips_logits_and_keeps_loss_and_gradients():
     ids = random_ids()
     labels = ids.clone()

@@ -46,11 +46,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, labelled, chunk_rows):  # (N, D), (V, D), (N,) ids >= 0, (N,) 0/1
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        # only the gradients autograd will ask for: a frozen head (LoRA on the blocks) skips the (V, D) one
+        needs_hidden, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        needs_grad = needs_hidden or needs_weight
         ctx.weight_dtype = weight.dtype
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if needs_grad else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
+        grad_hidden = torch.empty_like(hidden) if needs_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_weight else None
         device = hidden.device.type
         if torch.is_autocast_enabled(device):  # cast once here rather than in every chunk's matmuls
             hidden, weight = hidden.to(torch.get_autocast_dtype(device)), weight.to(torch.get_autocast_dtype(device))
@@ -69,17 +71,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_logits = probs.mul_(chunk_labelled / normaliser)
                 grad_logits.scatter_add_(1, chunk_targets, -chunk_labelled)
                 grad_logits = grad_logits.to(rows.dtype)
-                grad_hidden[start : start + chunk_rows] = torch.matmul(grad_logits, weight)
-                grad_weight += torch.matmul(grad_logits.t(), rows)  # (V, D), accumulated in float32
+                if needs_hidden:
+                    grad_hidden[start : start + chunk_rows] = torch.matmul(grad_logits, weight)
+                if needs_weight:
+                    grad_weight += torch.matmul(grad_logits.t(), rows)  # (V, D), accumulated in float32
         if needs_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight.to(ctx.weight_dtype))
+            ctx.save_for_backward(grad_hidden, grad_weight.to(ctx.weight_dtype) if needs_weight else None)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
-        grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
-        return grad_hidden, grad_weight * grad_loss.to(grad_weight.dtype), None, None, None
+        grad_hidden = None if grad_hidden is None else grad_hidden * grad_loss.to(grad_hidden.dtype)
+        grad_weight = None if grad_weight is None else grad_weight * grad_loss.to(grad_weight.dtype)
+        return grad_hidden, grad_weight, None, None, None
 
 
 # Never traced by torch.compile: the compiled model runs its blocks as one graph and this loss eagerly. Under torch
