@@ -509,3 +509,46 @@ def test_cuda_compiled_bf16_training_matches_eager_and_learns():
     assert losses["compiled"][0] == pytest.approx(losses["eager"][0], rel=1e-2)
     assert losses["compiled"][-1] < 0.5 * losses["compiled"][0]  # memorises the batch
     assert losses["compiled"][-1] == pytest.approx(losses["eager"][-1], rel=0.1, abs=0.05)
+
+
+# --- packed (padding-free) batches, as TRL's packing and DataCollatorWithFlattening make them ----------------------
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_packed_sequences_give_the_logits_of_each_sequence_alone(attn_implementation):
+    model = ScratchGPTForCausalLM(tiny_config(n_positions=16)).eval()
+    model.set_attn_implementation(attn_implementation)
+    sequences = [torch.randint(0, 300, (n,)) for n in (12, 16, 7)]  # 35 tokens in one row: more than the context
+    packed = torch.cat(sequences)[None]
+    positions = torch.cat([torch.arange(len(s)) for s in sequences])[None]
+    with torch.no_grad():
+        alone = torch.cat([model(s[None]).logits[0] for s in sequences])
+        inference = model(packed, position_ids=positions, use_cache=False).logits[0]  # no cache: see below
+        model.train()  # dropout is 0 in tiny_config: training mode (TRL's case) computes the same function
+        training = model(packed, position_ids=positions, labels=packed, skip_logits=False).logits[0]
+        model.eval()
+    torch.testing.assert_close(inference, alone, atol=1e-5, rtol=1e-5)  # no attention across sequences
+    torch.testing.assert_close(training, alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="sequence of 17 tokens"):
+        model(torch.cat([sequences[0], sequences[2]])[None][:, :17], position_ids=torch.arange(17)[None])
+
+
+def test_training_mode_makes_no_cache_so_packed_masks_hold():
+    model = ScratchGPTForCausalLM(tiny_config(n_positions=16)).train()
+    ids = torch.randint(0, 300, (1, 20))
+    positions = torch.cat([torch.arange(10), torch.arange(10)])[None]
+    out = model(ids, position_ids=positions, labels=ids)  # config.use_cache is True, as by default
+    assert out.cache is None and torch.isfinite(out.loss)
+    model.eval()
+    with torch.no_grad():
+        assert model(ids[:, :8]).cache is not None  # generation still gets its cache
+
+
+def test_the_longest_sequence_may_be_given_without_positions():
+    model = ScratchGPTForCausalLM(tiny_config(n_positions=16)).eval()
+    ids = torch.randint(0, 300, (1, 24))
+    positions = torch.cat([torch.arange(12), torch.arange(12)])[None]
+    with torch.no_grad():  # TRL passes max_length_q (an int): no device sync needed to check the length
+        model(ids, position_ids=positions, max_length_q=12, max_length_k=12)
+        with pytest.raises(ValueError, match="sequence of 20 tokens"):
+            model(ids, position_ids=positions, max_length_q=20, max_length_k=20)

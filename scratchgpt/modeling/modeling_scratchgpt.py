@@ -213,8 +213,10 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if self.gradient_checkpointing and self.training:
-            use_cache = False  # recomputation in backward would append to the cache a second time
+        if self.training and cache is None:
+            # no cache in training: it is never read there, checkpointing's recomputation would append to it twice,
+            # and a cache makes create_causal_mask ignore the per-sequence positions of packed batches
+            use_cache = False
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
 
@@ -222,9 +224,14 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
             inputs_embeds = self.wte(input_ids)
         seq_len = inputs_embeds.shape[1]
         past_len = cache.get_seq_length() if cache is not None else 0
-        if past_len + seq_len > self.config.n_positions:
+        # the longest sequence must fit the context; a packed row (TRL's padding-free batches: several sequences in
+        # one row, position_ids restarting at 0 for each) may itself be longer
+        longest = kwargs.get("max_length_q") or seq_len
+        if position_ids is not None and "max_length_q" not in kwargs and not torch.compiler.is_compiling():
+            longest = int(position_ids.max()) + 1 - past_len  # one device sync, only when positions are given
+        if past_len + longest > self.config.n_positions:
             raise ValueError(
-                f"sequence of {past_len + seq_len} tokens ({past_len} cached + {seq_len} new) is longer than "
+                f"sequence of {past_len + longest} tokens ({past_len} cached + {longest} new) is longer than "
                 f"the model's context of n_positions={self.config.n_positions}"
             )
         if position_ids is None:
@@ -244,8 +251,10 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         for block in self.layers:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
+            # position_ids reach the attention function: flash attention's varlen path finds packed sequences there
             hidden_states, attn_weights = block(
-                hidden_states, mask, cache=cache, output_attentions=output_attentions, **kwargs
+                hidden_states, mask, cache=cache, output_attentions=output_attentions, position_ids=position_ids,
+                **kwargs,
             )
             if output_attentions:
                 all_attentions += (attn_weights,)
