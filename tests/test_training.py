@@ -222,6 +222,69 @@ def test_train_py_output_is_one_line_per_stage_and_ends_with_next_steps(tmp_path
     assert f"scratchgpt chat {tmp_path / 'run'}" in result.stdout and "push_to_hub.py" in result.stdout
 
 
+SIZE_OPTIONS = ("--n_layer", "--n_embd", "--n_head", "--n_inner", "--n_positions", "--preset")
+
+
+def without_sizes(args: list[str]) -> list[str]:
+    """tiny_run_args without its size options (a run that starts from a model takes the model's sizes)."""
+    return [token for i, token in enumerate(args) if token not in SIZE_OPTIONS and args[i - 1] not in SIZE_OPTIONS]
+
+
+def test_training_continues_from_a_trained_model(tmp_path):
+    (tmp_path / "base").mkdir()
+    train(tiny_run_args(tmp_path / "base"))
+    base = tmp_path / "base" / "run"
+    (tmp_path / "new.txt").write_text("New text to continue pretraining on. " * 200)
+    args = tiny_run_args(tmp_path, inputs=str(tmp_path / "new.txt"), model_name_or_path=str(base),
+                         learning_rate=0.0, max_steps=2, save_steps=100, eval_steps=100)
+    metrics = train(without_sizes(args))
+    # learning rate 0: the weights are exactly the base model's, so they came from it
+    before, after = load_file(base / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert metrics["training"]["base_model"] == "run"
+    assert json.loads((tmp_path / "run" / "tokenizer.json").read_text()) == \
+        json.loads((base / "tokenizer.json").read_text())  # its tokenizer, not a new one
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"n_layer": 3}, "n_layer 3 here, 1 in the model"),
+    ({"preset": "small"}, "n_layer 4 here, 1 in the model"),
+    ({"model_name_or_path": "/nowhere/model"}, "/nowhere/model: no such folder"),
+])
+def test_a_base_model_that_does_not_fit_is_refused(tmp_path, extra, message):
+    (tmp_path / "base").mkdir()
+    train(tiny_run_args(tmp_path / "base", max_steps=2, save_steps=100, eval_steps=100))
+    args = without_sizes(tiny_run_args(tmp_path, model_name_or_path=str(tmp_path / "base" / "run")))
+    args += [token for key, value in extra.items() for token in (f"--{key}", str(value))]
+    with pytest.raises((ValueError, OSError), match=message):
+        train(args)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_legacy_character_model_gets_the_chat_tokens(tmp_path, caplog):
+    from scratchgpt.modeling.convert import convert_legacy_checkpoint
+
+    from .testing_utils import FIXTURES, legacy_state_dict, write_legacy_folder
+
+    config = json.loads((FIXTURES / "legacy" / "checkpoint_tiny" / "config.json").read_text())
+    config.update(embed_dim=32, num_heads=2, num_layers=1, ff_dim=64, max_seq_len=32)
+    config.pop("total_parameters")
+    legacy = write_legacy_folder(tmp_path / "legacy", legacy_state_dict(config), config)
+    (legacy / "tokenizer.json").write_bytes((FIXTURES / "legacy" / "checkpoint_tiny" / "tokenizer.json").read_bytes())
+    model, tokenizer = convert_legacy_checkpoint(legacy)
+    model.save_pretrained(tmp_path / "converted")
+    tokenizer.save_pretrained(tmp_path / "converted")
+    (tmp_path / "play.txt").write_text("ROMEO:\nBut, soft! what light through yonder window breaks?\n\n" * 40)
+    args = ["--model_name_or_path", str(tmp_path / "converted"), "--inputs", str(tmp_path / "play.txt"),
+            "--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--per_device_train_batch_size", "2",
+            "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no",
+            "--sample_max_new_tokens", "3", "--disable_tqdm", "true"]
+    with caplog.at_level("WARNING", logger="scratchgpt"):
+        train(args)
+    assert "added the tokens" in caplog.text and "embeddings resized from 65 to 71" in caplog.text
+    assert load_file(tmp_path / "run" / "model.safetensors")["model.wte.weight"].shape[0] == 71
+
+
 def test_rerunning_a_finished_run_does_nothing(tmp_path, caplog):
     first = train(tiny_run_args(tmp_path))
     run = tmp_path / "run"

@@ -22,9 +22,12 @@ __all__ = ["ModelArguments", "DataArguments", "RunArguments", "parse_args", "par
 
 @dataclass
 class ModelArguments:
-    """What model to build."""
+    """What model to build, or which trained model to start from."""
 
-    preset: str = field(default="tiny", metadata={"help": f"size preset: {', '.join(PRESETS)}"})
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "start from this model (a folder or Hub id: ScratchGPT, a GPT-2 export, a converted legacy "
+                "checkpoint): its weights, config and tokenizer; size keys must then agree with it or be left out"})
+    preset: str | None = field(default=None, metadata={"help": f"size preset: {', '.join(PRESETS)} (default tiny)"})
     n_layer: int | None = field(default=None, metadata={"help": "transformer blocks (overrides the preset)"})
     n_embd: int | None = field(default=None, metadata={"help": "hidden size (overrides the preset)"})
     n_head: int | None = field(default=None, metadata={"help": "attention heads (overrides the preset)"})
@@ -36,7 +39,7 @@ class ModelArguments:
     attn_implementation: str = field(default="sdpa", metadata={"help": "'sdpa', 'eager' or 'flash_attention_2'"})
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
+        if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
 
 

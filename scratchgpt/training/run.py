@@ -15,15 +15,18 @@ from pathlib import Path
 
 import evaluate
 import torch
-from transformers import AutoTokenizer, Trainer, set_seed
+from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerBase, Trainer, set_seed
 
 from ..data.prepare import collate_blocks, prepare_dataset, read_metadata
 from ..data.sources import iter_document_pieces, iter_texts
+from ..loading import resolve_model
 from ..locking import exclusive_folder
 from ..metrics import metric_path
-from ..staging import staged_output
 from ..modeling import PRESETS, ScratchGPTConfig, ScratchGPTForCausalLM
-from ..tokenization import generation_eos_token_ids, train_tokenizer
+from ..modeling.convert import from_gpt2
+from ..staging import staged_output
+from ..tokenization import CHAT_TEMPLATE, SPECIAL_TOKENS, generation_eos_token_ids, train_tokenizer
+from ..tokenization.trainers import BOS_EOS_TOKEN, PAD_TOKEN
 from .arguments import DataArguments, ModelArguments, RunArguments, parse_args, parse_duration
 from .callbacks import (
     GracefulStopCallback,
@@ -51,7 +54,7 @@ def build_config(model_args: ModelArguments, tokenizer) -> ScratchGPTConfig:
     sizes = {name: getattr(model_args, name) for name in ("n_layer", "n_embd", "n_head", "n_inner", "n_positions")
              if getattr(model_args, name) is not None}
     return ScratchGPTConfig.from_preset(
-        model_args.preset,
+        model_args.preset or "tiny",
         **sizes,
         vocab_size=len(tokenizer),
         resid_pdrop=model_args.dropout,
@@ -63,6 +66,49 @@ def build_config(model_args: ModelArguments, tokenizer) -> ScratchGPTConfig:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+SIZE_KEYS = ("n_layer", "n_embd", "n_head", "n_inner", "n_positions")
+
+
+def load_base_model(model_args: ModelArguments) -> tuple[ScratchGPTForCausalLM, PreTrainedTokenizerBase]:
+    """The model and tokenizer ``model_name_or_path`` names, as a ScratchGPT model ready to train further.
+
+    Size keys given alongside must agree with the model (``ValueError`` naming each that does not). A tokenizer
+    without our chat tokens (a legacy character or BPE tokenizer) gets them, with the chat template, and the model's
+    embeddings are resized to match; the log says so."""
+    name = model_args.model_name_or_path
+    source = resolve_model(name)
+    kind = AutoConfig.from_pretrained(source).model_type
+    if kind == "gpt2":
+        model = from_gpt2(GPT2LMHeadModel.from_pretrained(source))
+    elif kind == "scratchgpt":
+        model = ScratchGPTForCausalLM.from_pretrained(source)
+    else:
+        raise ValueError(f"{name}: a {kind!r} model; train.py continues ScratchGPT and GPT-2 models")
+    wanted = {key: getattr(model_args, key) for key in SIZE_KEYS if getattr(model_args, key) is not None}
+    if model_args.preset is not None:
+        wanted = {**PRESETS[model_args.preset], **wanted}
+    disagree = [f"{key} {value} here, {getattr(model.config, key)} in the model" for key, value in wanted.items()
+                if getattr(model.config, key) != value]
+    if disagree:
+        raise ValueError(f"{name}: {'; '.join(disagree)}: leave the size keys out when starting from a model")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    missing = [token for token in SPECIAL_TOKENS if token not in tokenizer.get_vocab()]
+    if missing:
+        before = len(tokenizer)
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+        tokenizer.chat_template = tokenizer.chat_template or CHAT_TEMPLATE
+        model.resize_token_embeddings(len(tokenizer))
+        # a tokenizer that had no end-of-text token gets ours: it separates documents in the prepared data
+        tokenizer.eos_token = tokenizer.eos_token or BOS_EOS_TOKEN
+        tokenizer.bos_token = tokenizer.bos_token or BOS_EOS_TOKEN
+        tokenizer.pad_token = tokenizer.pad_token or PAD_TOKEN
+        model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+        model.config.pad_token_id = tokenizer.pad_token_id
+        logger.warning("%s: added the tokens %s and the chat template to its tokenizer; embeddings resized from %d "
+                       "to %d", name, ", ".join(missing), before, len(tokenizer))
+    return model, tokenizer
 
 
 def load_or_train_tokenizer(data_args: DataArguments, path: Path):
@@ -180,7 +226,8 @@ def _save_final_model(trainer: Trainer, output_dir: Path) -> None:
         shutil.rmtree(staging)
 
 
-def _training_summary(training_args, data_args: DataArguments, block_size: int, data: dict) -> dict:
+def _training_summary(training_args, data_args: DataArguments, model_args: ModelArguments, block_size: int,
+                      data: dict) -> dict:
     """How the run was trained, for metrics.json and the model card."""
     if torch.cuda.is_available() and not training_args.use_cpu:
         hardware = f"{training_args.world_size} x {torch.cuda.get_device_name()}"
@@ -193,6 +240,7 @@ def _training_summary(training_args, data_args: DataArguments, block_size: int, 
         "inputs": public_names(data_args.inputs),
         "validation_inputs": public_names(data_args.validation_inputs or []),
         "dataset_name": data_args.dataset_name,
+        "base_model": public_names([model_args.model_name_or_path])[0] if model_args.model_name_or_path else None,
         "split_method": data.get("split_method"),
         "train_tokens": data["splits"]["train"]["tokens"],
         "validation_tokens": data["splits"].get("validation", {}).get("tokens", 0),
@@ -237,7 +285,10 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     data_path = Path(data_args.prepared_data or output_dir / "data")
 
     # the context is known from the sizes alone: a block size beyond it fails before any tokenizer is trained
-    context = model_args.n_positions or PRESETS[model_args.preset]["n_positions"]
+    if model_args.model_name_or_path:
+        context = AutoConfig.from_pretrained(resolve_model(model_args.model_name_or_path)).n_positions
+    else:
+        context = model_args.n_positions or PRESETS[model_args.preset or "tiny"]["n_positions"]
     block_size = data_args.block_size or context
     if block_size > context:
         raise ValueError(f"block_size {block_size} is larger than the model context n_positions {context}")
@@ -250,8 +301,12 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
                            finished["global_step"], training_args.max_steps, output_dir)
             return {**finished, "already_complete": True}
     with training_args.main_process_first(desc="tokenizer and prepared data"):
-        tokenizer = load_or_train_tokenizer(data_args, tokenizer_path)
-        config = build_config(model_args, tokenizer)
+        if model_args.model_name_or_path:
+            base, tokenizer = load_base_model(model_args)
+            config = base.config
+        else:
+            base, tokenizer = None, load_or_train_tokenizer(data_args, tokenizer_path)
+            config = build_config(model_args, tokenizer)
         if run_args.fresh and training_args.process_index == 0:
             for checkpoint in list_checkpoints(output_dir):
                 logger.warning("--fresh: deleting %s", checkpoint)
@@ -273,12 +328,13 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         logger.info("resuming from %s", resume_from)
 
     tokenizer.model_max_length = config.n_positions  # saved with the tokenizer: pipelines truncate to the context
-    model = ScratchGPTForCausalLM(config)
+    model = base if base is not None else ScratchGPTForCausalLM(config)
     model.set_attn_implementation(model_args.attn_implementation)
     model.generation_config.eos_token_id = generation_eos_token_ids(tokenizer) or None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    logger.info("model: %s parameters (%s preset, %d layers x %d, context %d)", f"{model.num_parameters():,}",
-                model_args.preset, config.n_layer, config.n_embd, config.n_positions)
+    origin = f"from {model_args.model_name_or_path}" if base is not None else f"{model_args.preset or 'tiny'} preset"
+    logger.info("model: %s parameters (%s, %d layers x %d, context %d)", f"{model.num_parameters():,}", origin,
+                config.n_layer, config.n_embd, config.n_positions)
     logger.debug("model config: %s", config.to_diff_dict())
 
     eval_dataset = dataset.get("validation")
@@ -322,7 +378,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         metrics["eval_perplexity_from_loss"] = math.exp(metrics["eval_loss"])
     _save_final_model(trainer, output_dir)
     logger.info("saved the model, tokenizer and metrics in %s", output_dir)
-    metrics["training"] = _training_summary(training_args, data_args, block_size, read_metadata(data_path))
+    metrics["training"] = _training_summary(training_args, data_args, model_args, block_size,
+                                            read_metadata(data_path))
     if trainer.is_world_process_zero():
         if not parameters_are_sharded(training_args):
             replies = generate_samples(trainer.model, tokenizer, data_args.sample_prompts,
