@@ -224,16 +224,19 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
             inputs_embeds = self.wte(input_ids)
         seq_len = inputs_embeds.shape[1]
         past_len = cache.get_seq_length() if cache is not None else 0
-        # the longest sequence must fit the context; a packed row (TRL's padding-free batches: several sequences in
-        # one row, position_ids restarting at 0 for each) may itself be longer
-        longest = kwargs.get("max_length_q") or seq_len
-        if position_ids is not None and "max_length_q" not in kwargs and not torch.compiler.is_compiling():
-            longest = int(position_ids.max()) + 1 - past_len  # one device sync, only when positions are given
-        if past_len + longest > self.config.n_positions:
-            raise ValueError(
-                f"sequence of {past_len + longest} tokens ({past_len} cached + {longest} new) is longer than "
-                f"the model's context of n_positions={self.config.n_positions}"
-            )
+        if past_len + seq_len > self.config.n_positions:
+            # only a packed row (TRL's padding-free batches: several sequences in one row, position_ids restarting
+            # at 0 for each) may be longer than the context, if its longest sequence fits: TRL says how long that
+            # is (max_length_q); otherwise the positions do (one device sync, on this rare path only)
+            longest = kwargs.get("max_length_q")
+            if longest is None and position_ids is not None and not torch.compiler.is_compiling():
+                longest = int(position_ids.max()) + 1 - past_len
+            longest = seq_len if longest is None else longest
+            if past_len + longest > self.config.n_positions:
+                raise ValueError(
+                    f"sequence of {past_len + longest} tokens ({past_len} cached + {longest} new) is longer than "
+                    f"the model's context of n_positions={self.config.n_positions}"
+                )
         if position_ids is None:
             position_ids = self._position_ids(attention_mask, past_len, seq_len, inputs_embeds.device)
 
