@@ -13,7 +13,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from safetensors import safe_open
+from ..loading import check_safetensors
 
 
 __all__ = ["checkpoint_problem", "latest_complete_checkpoint", "list_checkpoints", "mirror_checkpoint"]
@@ -41,11 +41,9 @@ def checkpoint_problem(checkpoint: Path, world_size: int = 1) -> str | None:
         return "trainer_state.json is missing or truncated"
     if f"checkpoint-{state.get('global_step')}" != checkpoint.name:
         return f"trainer_state.json is for step {state.get('global_step')}"
-    weights = checkpoint / "model.safetensors"
     try:
-        with safe_open(str(weights), framework="pt") as handle:
-            handle.keys()
-    except Exception:  # safetensors raises its own error types for truncated headers
+        check_safetensors(checkpoint / "model.safetensors")
+    except ValueError:
         return "model.safetensors is missing or truncated"
     for name in ("optimizer.pt", "scheduler.pt"):
         # torch.save writes a zip archive whose directory sits at the end: a truncated file is not a valid zip
