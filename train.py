@@ -14,7 +14,6 @@ import os
 import sys
 
 from scratchgpt.errors import one_line, user_error
-from scratchgpt.training.arguments import parse_args
 from scratchgpt.training.run import main as run
 
 
@@ -36,7 +35,7 @@ def main() -> int:
               f"{metrics['eval_accuracy']:.3f}, after {metrics['global_step']} steps")
     for sample in metrics.get("samples", []):
         print(f"\n> {sample['prompt']}\n{sample['reply']}")
-    print(next_steps(parse_args(sys.argv[1:])[3].output_dir))
+    print(next_steps(metrics["output_dir"]))
     return 0
 
 

@@ -71,14 +71,14 @@ def build_config(model_args: ModelArguments, tokenizer) -> ScratchGPTConfig:
 SIZE_KEYS = ("n_layer", "n_embd", "n_head", "n_inner", "n_positions")
 
 
-def load_base_model(model_args: ModelArguments) -> tuple[ScratchGPTForCausalLM, PreTrainedTokenizerBase]:
-    """The model and tokenizer ``model_name_or_path`` names, as a ScratchGPT model ready to train further.
+def load_base_model(model_args: ModelArguments, source: str) -> tuple[ScratchGPTForCausalLM, PreTrainedTokenizerBase]:
+    """The model and tokenizer ``model_name_or_path`` names (found at ``source``, from ``resolve_model``), as a
+    ScratchGPT model ready to train further.
 
     Size keys given alongside must agree with the model (``ValueError`` naming each that does not). A tokenizer
     without our chat tokens (a legacy character or BPE tokenizer) gets them, with the chat template, and the model's
     embeddings are resized to match; the log says so."""
     name = model_args.model_name_or_path
-    source = resolve_model(name)
     kind = AutoConfig.from_pretrained(source).model_type
     if kind == "gpt2":
         model = from_gpt2(GPT2LMHeadModel.from_pretrained(source))
@@ -261,7 +261,8 @@ def _training_summary(training_args, data_args: DataArguments, model_args: Model
 
 
 def main(argv: list[str]) -> dict:
-    """Run training as configured by ``argv`` (``[CONFIG.yaml] [--key value ...]``); returns the final metrics.
+    """Run training as configured by ``argv`` (``[CONFIG.yaml] [--key value ...]``); returns the final metrics (and
+    ``output_dir``).
 
     The main process holds ``output_dir``'s lock for the whole run (``locking.exclusive_folder``): a second run on
     the same folder stops at once, naming the first. Under torchrun or accelerate only rank 0 takes it; if it cannot,
@@ -285,16 +286,18 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     data_path = Path(data_args.prepared_data or output_dir / "data")
 
     # the context is known from the sizes alone: a block size beyond it fails before any tokenizer is trained
-    if model_args.model_name_or_path:
-        context = AutoConfig.from_pretrained(resolve_model(model_args.model_name_or_path)).n_positions
+    base_source = resolve_model(model_args.model_name_or_path) if model_args.model_name_or_path else None
+    if base_source is not None:
+        context = AutoConfig.from_pretrained(base_source).n_positions
     else:
         context = model_args.n_positions or PRESETS[model_args.preset or "tiny"]["n_positions"]
     block_size = data_args.block_size or context
     if block_size > context:
         raise ValueError(f"block_size {block_size} is larger than the model context n_positions {context}")
-    if not run_args.fresh:  # a finished run is not trained, prepared or saved again
-        checkpoint = latest_complete_checkpoint(output_dir, training_args.world_size)
-        finished = _finished_run(output_dir, checkpoint, training_args.max_steps)
+    # where to resume from (--fresh deletes the checkpoints below); a finished run is not trained, prepared or saved
+    resume_from = None if run_args.fresh else latest_complete_checkpoint(output_dir, training_args.world_size)
+    if resume_from is not None:
+        finished = _finished_run(output_dir, resume_from, training_args.max_steps)
         if finished is not None:
             logger.warning("%s is a finished run (step %d of %d): nothing to do. The model is in %s; to train "
                            "further, raise max_steps, or start over with --fresh true", output_dir,
@@ -302,7 +305,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
             return {**finished, "already_complete": True}
     with training_args.main_process_first(desc="tokenizer and prepared data"):
         if model_args.model_name_or_path:
-            base, tokenizer = load_base_model(model_args)
+            base, tokenizer = load_base_model(model_args, base_source)
             config = base.config
         else:
             base, tokenizer = None, load_or_train_tokenizer(data_args, tokenizer_path)
@@ -323,7 +326,6 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
                     f"{splits['train']['blocks']:,}", f"{splits.get('validation', {}).get('blocks', 0):,}",
                     block_size, data_path)
 
-    resume_from = latest_complete_checkpoint(output_dir, training_args.world_size)
     if resume_from is not None:
         logger.info("resuming from %s", resume_from)
 
@@ -386,4 +388,4 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
                                        data_args.sample_max_new_tokens)
             metrics["samples"] = [{"prompt": p, "reply": r} for p, r in zip(data_args.sample_prompts, replies)]
         write_report(output_dir, trainer.state.log_history, metrics)
-    return metrics
+    return {**metrics, "output_dir": str(output_dir)}  # where the results are, for the caller (not published)
