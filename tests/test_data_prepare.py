@@ -2,6 +2,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -201,7 +202,7 @@ def test_changes_rebuild(tmp_path, change):
         kwargs["block_size"] = 8
     elif change == "chat_template":  # the same tokenizer with only its template changed
         used_tokenizer = copy.deepcopy(tokenizer())
-        used_tokenizer.chat_template = used_tokenizer.chat_template.replace("<|end|>\n'", "<|end|>\n\n'")
+        used_tokenizer.chat_template = used_tokenizer.chat_template.replace("{{ '\n' }}", "{{ '\n\n' }}")
         assert used_tokenizer.chat_template != tokenizer().chat_template
     else:
         kwargs["clean"] = "lenient"
@@ -409,3 +410,63 @@ def test_pack_blocks_keeps_every_full_block(n_tokens):
     assert np.array_equal(np.concatenate(blocks), np.arange(n_tokens // 16 * 16))
     window = [row["input_ids"] for row in prepare_module.pack_blocks(tokens, 16, start=3, stop=3 + 32)]
     assert np.array_equal(np.concatenate(window), np.arange(3, 35))
+
+
+# --- assistant-only loss ----------------------------------------------------------------------------------------------
+
+
+def write_chats(path, n=12):
+    chats = [[{"role": "system", "content": f"system {i}"}, {"role": "user", "content": f"user says {i}"},
+              {"role": "assistant", "content": f"reply {i}"}, {"role": "user", "content": "more"},
+              {"role": "assistant", "content": f"second reply {i}"}] for i in range(n)]
+    path.write_text("".join(json.dumps({"messages": chat}) + "\n" for chat in chats), encoding="utf-8")
+    return str(path), chats
+
+
+@pytest.mark.parametrize("val_fraction", [0.0, 0.25])  # none (one stream) and document split
+def test_assistant_masks_stay_aligned_through_packing(tmp_path, val_fraction):
+    path, chats = write_chats(tmp_path / "chats.jsonl")
+    tok = tokenizer()
+    dataset = prepare_dataset(tok, [path], tmp_path / "out", block_size=16, val_fraction=val_fraction,
+                              assistant_only_loss=True)
+    metadata = read_metadata(tmp_path / "out")
+    assert metadata["settings"]["assistant_only_loss"] is True
+    for name, split in dataset.items():
+        ids = stream(split)
+        masks = np.concatenate([row["assistant_masks"] for row in split]).astype(bool)
+        assert metadata["splits"][name]["trained_tokens"] == masks.sum()
+        # what the mask keeps is exactly the assistant replies, each closed by <|end|>, in order
+        replies = tok.decode(ids[masks].tolist()).split("<|end|>")
+        assert len(replies) > 4 and all(re.fullmatch(r"(second )?reply \d+", r) for r in replies[1:-1])
+        assert (np.diff(masks.astype(int)) != 0).sum() >= 2 * (len(replies) - 2)  # separate runs, not one span
+        batch = collate_blocks([split[i] for i in range(min(4, len(split)))])
+        labels, inputs = batch["labels"], batch["input_ids"]
+        flat_masks = masks[: labels.numel()].reshape(labels.shape)
+        assert torch.equal(labels[torch.from_numpy(flat_masks)], inputs[torch.from_numpy(flat_masks)])
+        assert (labels[~torch.from_numpy(flat_masks)] == -100).all()
+
+
+def test_assistant_masks_of_a_known_conversation(tmp_path):
+    """Exactly the assistant tokens and their <|end|> carry labels: the labels' non-masked ids are the ids of the
+    assistant contents plus <|end|>, and nothing else (no role marker, no user text, no <|endoftext|>)."""
+    tok = tokenizer()
+    chat = [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "general kenobi"},
+            {"role": "user", "content": "you are a bold one"}, {"role": "assistant", "content": "kill him"}]
+    (tmp_path / "c.jsonl").write_text(json.dumps({"messages": chat}) + "\n", encoding="utf-8")
+    ids = tok.apply_chat_template(chat, return_dict=False) + [tok.eos_token_id]
+    dataset = prepare_dataset(tok, [str(tmp_path / "c.jsonl")], tmp_path / "out", block_size=len(ids),
+                              val_fraction=0, assistant_only_loss=True)
+    labels = collate_blocks([dataset["train"][0]])["labels"][0].tolist()
+    end = tok.convert_tokens_to_ids("<|end|>")
+    expected = [*tok("general kenobi", add_special_tokens=False).input_ids, end,
+                *tok("kill him", add_special_tokens=False).input_ids, end]
+    assert [label for label in labels if label != -100] == expected
+    assert labels[-1] == -100 and labels[0] == -100  # <|endoftext|> and <|user|>
+
+
+def test_assistant_only_loss_on_plain_text_is_an_error(tmp_path):
+    path = write_text(tmp_path / "a.txt", documents())
+    chats, _ = write_chats(tmp_path / "chats.jsonl")
+    with pytest.raises(ValueError, match=r"a\.txt: plain text, but assistant_only_loss needs conversations"):
+        prepare_dataset(tokenizer(), [chats, path], tmp_path / "out", block_size=16, assistant_only_loss=True)
+    assert listing(tmp_path) == ["a.txt", "chats.jsonl"]

@@ -15,7 +15,7 @@ from scratchgpt.cli import main as cli
 from scratchgpt.data.sources import chitchat_conversations, iter_texts
 from scratchgpt.modeling import gguf_export
 from scratchgpt.modeling.convert import to_gguf
-from scratchgpt.tokenization import train_bpe_tokenizer, train_char_tokenizer
+from scratchgpt.tokenization import plain_chat_template, train_bpe_tokenizer, train_char_tokenizer
 
 gguf = pytest.importorskip("gguf", reason='GGUF export needs the gguf package: pip install -e ".[gguf]"')
 
@@ -77,7 +77,8 @@ def test_metadata_tokenizer_and_tensor_names(tmp_path):
     assert field("tokenizer.ggml.token_type")[:6] == [gguf.TokenType.CONTROL] * 6  # our special tokens
     assert field("tokenizer.ggml.eos_token_id") == tok.eos_token_id and field("tokenizer.ggml.add_bos_token") is False
     assert field("tokenizer.ggml.eot_token_id") == tok.convert_tokens_to_ids("<|end|>")
-    assert field("tokenizer.chat_template") == tok.chat_template
+    assert field("tokenizer.chat_template") == plain_chat_template(tok.chat_template)
+    assert "generation" in tok.chat_template and "generation" not in field("tokenizer.chat_template")
     merges = field("tokenizer.ggml.merges")
     assert len(merges) == 1000 - 256 - 6 and all(len(m.split(" ")) == 2 for m in merges)
     names = {t.name for t in reader.tensors}

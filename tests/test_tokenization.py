@@ -1,3 +1,4 @@
+import copy
 import json
 import subprocess
 import sys
@@ -12,11 +13,15 @@ from transformers import AutoTokenizer
 
 from scratchgpt.data.sources import iter_documents, iter_texts
 from scratchgpt.tokenization import (
+    CHAT_TEMPLATE,
     SPECIAL_TOKENS,
+    UNMARKED_CHAT_TEMPLATE,
     bytes_per_token,
+    encode_chats,
     generation_eos_token_ids,
     hold_out,
     load_legacy_tokenizer,
+    plain_chat_template,
     train_bpe_tokenizer,
     train_char_tokenizer,
 )
@@ -76,6 +81,58 @@ def test_chat_template_renders_literally():
     ids = tokenizer.apply_chat_template(conversation[:2], add_generation_prompt=True, return_dict=False)
     assert [i for i in ids if i < 6] == [2, 5, 3, 5, 4]  # system, end, user, end, assistant: one id each
     assert tokenizer.decode(ids) == prompt
+
+
+CONVERSATIONS = [
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"},
+     {"role": "assistant", "content": "Hello."}],
+    [{"role": "user", "content": "two\n\nlines  "}, {"role": "assistant", "content": "  spaced\n"},
+     {"role": "user", "content": "ok"}, {"role": "assistant", "content": "\nnewline first"}],
+    [{"role": "assistant", "content": ""}, {"role": "user", "content": "😀 中文"}],
+    [{"role": "user", "content": "say <|end|> and <|assistant|>"}, {"role": "assistant", "content": "<|end|> ok"}],
+]
+
+
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+def test_generation_markers_leave_the_rendered_text_unchanged(add_generation_prompt):
+    """transformers renders the marked template exactly as the unmarked one; so do plain jinja2 (the stripped
+    template, as GGUF files carry it) and llama-cpp-python's formatter (which skips the tag)."""
+    import jinja2
+
+    tokenizer = bpe()
+    assert tokenizer.chat_template == CHAT_TEMPLATE and "{%- generation -%}" in CHAT_TEMPLATE
+    unmarked = jinja2.Environment().from_string(UNMARKED_CHAT_TEMPLATE)
+    stripped = jinja2.Environment().from_string(plain_chat_template(CHAT_TEMPLATE))
+    with pytest.raises(jinja2.TemplateSyntaxError, match="generation"):
+        jinja2.Environment().from_string(CHAT_TEMPLATE)
+    for conversation in CONVERSATIONS:
+        rendered = tokenizer.apply_chat_template(conversation, tokenize=False,
+                                                 add_generation_prompt=add_generation_prompt)
+        assert rendered == unmarked.render(messages=conversation, add_generation_prompt=add_generation_prompt)
+        assert rendered == stripped.render(messages=conversation, add_generation_prompt=add_generation_prompt)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "char"])
+def test_assistant_masks_cover_exactly_assistant_content_and_its_end(kind):
+    tokenizer = bpe() if kind == "bpe" else train_char_tokenizer([*chitchat_sample(), "<|> 😀 中文"])
+    ids, masks = encode_chats(tokenizer, CONVERSATIONS, return_assistant_masks=True)
+    assert ids == encode_chats(tokenizer, CONVERSATIONS)  # the same ids with or without masks
+    for conversation, conversation_ids, mask in zip(CONVERSATIONS, ids, masks):
+        assert len(mask) == len(conversation_ids)
+        trained = tokenizer.decode([i for i, m in zip(conversation_ids, mask) if m])
+        expected = "".join(m["content"] + "<|end|>" for m in conversation if m["role"] == "assistant")
+        assert trained == expected
+        end, assistant = tokenizer.convert_tokens_to_ids(["<|end|>", "<|assistant|>"])
+        untrained = [i for i, m in zip(conversation_ids, mask) if not m]  # the special ids, not quoted strings
+        assert untrained.count(end) == sum(m["role"] != "assistant" for m in conversation)
+        assert untrained.count(assistant) == sum(m["role"] == "assistant" for m in conversation)
+
+
+def test_assistant_masks_need_the_generation_markers():
+    tokenizer = copy.deepcopy(bpe())
+    tokenizer.chat_template = UNMARKED_CHAT_TEMPLATE
+    with pytest.raises(ValueError, match="no {% generation %} markers"):
+        encode_chats(tokenizer, CONVERSATIONS[:1], return_assistant_masks=True)
 
 
 def test_chat_template_rejects_unknown_roles():

@@ -104,20 +104,35 @@ def _encode_literally(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> l
         backend.encode_special_tokens = before
 
 
-def tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase) -> dict:
+def tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, assistant_only_loss: bool = False) -> dict:
     """Token ids of each record (plain text literally, conversations through the chat template), followed by one
-    ``<|endoftext|>`` where the record ends its document."""
+    ``<|endoftext|>`` where the record ends its document. With ``assistant_only_loss`` (conversations only) also
+    ``assistant_masks``: True for the tokens that are trained (assistant content and its ``<|end|>``)."""
     ids: list[list[int] | None] = [None] * len(batch["text"])
     plain = [i for i, messages in enumerate(batch["messages"]) if messages is None]
     chats = [i for i, messages in enumerate(batch["messages"]) if messages is not None]
+    if assistant_only_loss and plain:
+        raise ValueError("assistant_only_loss needs conversations (records with 'messages'), but the inputs hold "
+                         f"plain text, e.g. {batch['text'][plain[0]][:60]!r}")
     for i, encoded in zip(plain, _encode_literally(tokenizer, [batch["text"][i] for i in plain])):
         ids[i] = encoded
+    masks = [None] * len(ids)
     if chats:
-        for i, encoded in zip(chats, encode_chats(tokenizer, [batch["messages"][i] for i in chats])):
-            ids[i] = encoded
+        conversations = [batch["messages"][i] for i in chats]
+        if assistant_only_loss:
+            encoded, chat_masks = encode_chats(tokenizer, conversations, return_assistant_masks=True)
+            for i, mask in zip(chats, chat_masks):
+                masks[i] = [bool(m) for m in mask]
+        else:
+            encoded = encode_chats(tokenizer, conversations)
+        for i, chat_ids in zip(chats, encoded):
+            ids[i] = chat_ids
     ends = batch.get("ends_document") or [True] * len(ids)
     eos = tokenizer.eos_token_id
-    return {"input_ids": [encoded + [eos] if end else encoded for encoded, end in zip(ids, ends)]}
+    out = {"input_ids": [encoded + [eos] if end else encoded for encoded, end in zip(ids, ends)]}
+    if assistant_only_loss:  # <|endoftext|> after a conversation is not trained
+        out["assistant_masks"] = [mask + [False] if end else mask for mask, end in zip(masks, ends)]
+    return out
 
 
 def encode_documents(tokenizer: PreTrainedTokenizerBase, documents) -> list[int]:
@@ -139,20 +154,26 @@ def encode_documents(tokenizer: PreTrainedTokenizerBase, documents) -> list[int]
 def pack_blocks(token_dataset: Dataset, block_size: int, start: int = 0, stop: int | None = None):
     """Yield ``{"input_ids": block}`` for consecutive ``block_size`` slices of the concatenated token stream between
     token positions ``start`` and ``stop`` (default: its end); only a final partial block is dropped. Reads the
-    memory-mapped tokens batch by batch (bounded memory)."""
+    memory-mapped tokens batch by batch (bounded memory). An ``assistant_masks`` column is cut the same way."""
+    columns = [name for name in ("input_ids", "assistant_masks") if name in token_dataset.column_names]
     carry, position = None, 0  # position: stream index of flat[0]
     for table in token_dataset.with_format("arrow").iter(batch_size=4096):
-        flat = pc.list_flatten(table.column("input_ids")).to_numpy()
+        flat = np.stack([pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False).astype(np.int64)
+                         for name in columns]) if len(columns) > 1 else \
+            pc.list_flatten(table.column("input_ids")).to_numpy()[None]
         if carry is not None:
-            flat = np.concatenate([carry, flat])
+            flat = np.concatenate([carry, flat], axis=1)
         if position < start:
-            skipped = min(start - position, len(flat))
-            flat, position = flat[skipped:], position + skipped
+            skipped = min(start - position, flat.shape[1])
+            flat, position = flat[:, skipped:], position + skipped
         if stop is not None:
-            flat = flat[: max(0, stop - position)]
-        n_blocks = len(flat) // block_size
-        yield from ({"input_ids": block} for block in flat[: n_blocks * block_size].reshape(n_blocks, block_size))
-        carry, position = flat[n_blocks * block_size:], position + n_blocks * block_size
+            flat = flat[:, : max(0, stop - position)]
+        n_blocks = flat.shape[1] // block_size
+        blocks = flat[:, : n_blocks * block_size].reshape(len(columns), n_blocks, block_size)
+        for i in range(n_blocks):
+            yield {name: blocks[c, i] if name == "input_ids" else blocks[c, i].astype(bool)
+                   for c, name in enumerate(columns)}
+        carry, position = flat[:, n_blocks * block_size:], position + n_blocks * block_size
         if stop is not None and position + block_size > stop:
             return
 
@@ -198,6 +219,16 @@ def load_prepared(path: str | Path) -> DatasetDict:
     except Exception as error:  # a truncated or garbled Arrow file: pyarrow's and datasets' own error types
         raise ValueError(f"{path}: the prepared data is unreadable ({str(error).splitlines()[0][:200]}); delete the "
                          f"folder (or prepare with --rebuild) to build it again") from None
+
+
+def _check_conversations(files: list[str], text_documents: str, document_separator: str) -> None:
+    """``assistant_only_loss`` needs conversations: name the first input whose first document is plain text."""
+    for file in files:
+        for content, _ in iter_document_pieces([file], text_documents, document_separator):
+            if isinstance(content, str):
+                raise ValueError(f"{file}: plain text, but assistant_only_loss needs conversations (records with "
+                                 f"'messages'); set assistant_only_loss false to train on every token")
+            break
 
 
 def _read_documents(files: list[str], text_documents: str, document_separator: str, cache: str,
@@ -258,6 +289,7 @@ def prepare_dataset(
     document_separator: str = DEFAULT_SEPARATOR,
     validation_inputs: list[str] | None = None,
     rebuild: bool = False,
+    assistant_only_loss: bool = False,
 ) -> DatasetDict:
     """Build (or reuse) the packed dataset for ``inputs`` in ``output``; returns it loaded with ``load_prepared``.
 
@@ -265,6 +297,10 @@ def prepare_dataset(
     inputs is held out (see the module docstring for how). Raises ``ValueError``/``FileNotFoundError`` naming the
     problem for bad inputs or settings, including a corpus too small for one block per split; in that case nothing
     is written at ``output``.
+
+    ``assistant_only_loss`` (conversation data only) stores an ``assistant_masks`` column beside ``input_ids``:
+    True for the tokens to train (assistant content and its ``<|end|>``); ``collate_blocks`` makes every other
+    label -100. The metadata counts the trained tokens of each split.
     """
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2, got {block_size}")
@@ -275,11 +311,14 @@ def prepare_dataset(
     check_text_options(text_documents, document_separator)
     files = resolve_inputs(inputs)
     validation_files = resolve_inputs(validation_inputs) if validation_inputs else []
+    if assistant_only_loss:
+        _check_conversations(files + validation_files, text_documents, document_separator)
     dtype = token_dtype(len(tokenizer))
     identity = {
         "format_version": FORMAT_VERSION,
         "settings": {"block_size": block_size, "val_fraction": val_fraction, "clean": clean, "seed": seed,
-                     "text_documents": text_documents, "document_separator": document_separator},
+                     "text_documents": text_documents, "document_separator": document_separator,
+                     "assistant_only_loss": assistant_only_loss},
         "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer), "vocab_size": len(tokenizer),
                       "eos_token_id": tokenizer.eos_token_id},
         "dtype": dtype,
@@ -304,9 +343,15 @@ def prepare_dataset(
             documents, cleaning = clean_documents(documents, clean, num_proc)
             method, parts = _split(documents, validation_files, val_fraction, seed, text_documents,
                                    document_separator, cache, fingerprint)
+            token_features = {"input_ids": List(Value(dtype))}
+            block_features = {"input_ids": List(Value(dtype), length=block_size)}
+            if assistant_only_loss:
+                token_features["assistant_masks"] = List(Value("bool"))
+                block_features["assistant_masks"] = List(Value("bool"), length=block_size)
             tokenized = {name: part.map(
-                tokenize_batch, batched=True, num_proc=num_proc, fn_kwargs={"tokenizer": tokenizer},
-                remove_columns=part.column_names, features=Features({"input_ids": List(Value(dtype))}),
+                tokenize_batch, batched=True, num_proc=num_proc,
+                fn_kwargs={"tokenizer": tokenizer, "assistant_only_loss": assistant_only_loss},
+                remove_columns=part.column_names, features=Features(token_features),
                 desc=f"Tokenizing {name}") for name, part in parts.items()}
             # (split name, token dataset, first token, last token + 1, documents) of each split
             spans = [(name, token_ids, 0, _n_tokens(token_ids), _n_documents(parts[name]))
@@ -321,11 +366,16 @@ def prepare_dataset(
                                      f"block_size {block_size}: give more text, a smaller block size or a different "
                                      f"val fraction")
                 splits[name] = Dataset.from_generator(
-                    pack_blocks, features=Features({"input_ids": List(Value(dtype), length=block_size)}),
+                    pack_blocks, features=Features(block_features),
                     cache_dir=cache, fingerprint=f"{fingerprint[:32]}-{name}",
                     gen_kwargs={"token_dataset": token_ids, "block_size": block_size, "start": start, "stop": stop})
                 counts[name] = {"documents": n_documents, "tokens": stop - start, "blocks": n_blocks,
                                 "tokens_dropped": stop - start - n_blocks * block_size}
+                if assistant_only_loss:
+                    trained = pc.sum(pc.list_flatten(splits[name].data.column("assistant_masks"))).as_py() or 0
+                    counts[name]["trained_tokens"] = trained
+                    logger.info("%s: %s of %s tokens in blocks are trained (assistant turns), %s masked", name,
+                                f"{trained:,}", f"{n_blocks * block_size:,}", f"{n_blocks * block_size - trained:,}")
             DatasetDict(splits).save_to_disk(str(staging))
             shutil.rmtree(cache)
             metadata = {**identity, "fingerprint": fingerprint, "split_method": method, "splits": counts,
@@ -335,6 +385,11 @@ def prepare_dataset(
 
 
 def collate_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Batch collator: stored uint16/int32 ids -> int64 ``input_ids`` and ``labels`` (the model shifts labels)."""
+    """Batch collator: stored uint16/int32 ids -> int64 ``input_ids`` and ``labels`` (the model shifts labels);
+    where the blocks carry ``assistant_masks``, labels outside them are -100 (not trained)."""
     input_ids = torch.from_numpy(np.stack([np.asarray(e["input_ids"]) for e in examples]).astype(np.int64))
-    return {"input_ids": input_ids, "labels": input_ids.clone()}
+    labels = input_ids.clone()
+    if "assistant_masks" in examples[0]:
+        masks = torch.from_numpy(np.stack([np.asarray(e["assistant_masks"]) for e in examples]).astype(bool))
+        labels[~masks] = -100
+    return {"input_ids": input_ids, "labels": labels}

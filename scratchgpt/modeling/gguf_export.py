@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .convert import _GPT2_NAMES, _expand
 from .modeling_scratchgpt import ScratchGPTForCausalLM
+from ..tokenization import plain_chat_template
 
 
 __all__ = ["GGUF_DTYPES", "to_gguf"]
@@ -137,7 +138,8 @@ def to_gguf(model: ScratchGPTForCausalLM, tokenizer: PreTrainedTokenizerBase, pa
         writer.add_add_bos_token(False)  # our models are trained without a leading bos
         vocab = tokenizer.get_vocab()
         if tokenizer.chat_template:
-            writer.add_chat_template(tokenizer.chat_template)
+            # without {% generation %} tags: same text, and jinja engines other than transformers' reject the tag
+            writer.add_chat_template(plain_chat_template(tokenizer.chat_template))
             if END_OF_TURN in vocab:
                 writer.add_eot_token_id(vocab[END_OF_TURN])  # llama.cpp ends generation at eos and eot
 

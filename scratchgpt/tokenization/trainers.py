@@ -4,6 +4,7 @@ Both kinds share the special tokens and the chat template below, save with ``sav
 ``AutoTokenizer.from_pretrained`` anywhere (no scratchgpt code is needed to load them).
 """
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
@@ -18,6 +19,9 @@ __all__ = [
     "END_OF_TURN_TOKEN",
     "SPECIAL_TOKENS",
     "CHAT_TEMPLATE",
+    "UNMARKED_CHAT_TEMPLATE",
+    "plain_chat_template",
+    "has_assistant_markers",
     "train_bpe_tokenizer",
     "train_char_tokenizer",
     "train_tokenizer",
@@ -37,8 +41,26 @@ ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
 SPECIAL_TOKENS = [BOS_EOS_TOKEN, PAD_TOKEN, *ROLE_TOKENS, END_OF_TURN_TOKEN]
 BYTE_ALPHABET_SIZE = 256
 
-# <|user|>\n{content}<|end|>\n per message; the generation prompt opens an assistant turn.
+# <|user|>\n{content}<|end|>\n per message; the generation prompt opens an assistant turn. The assistant's content and
+# its <|end|> sit inside {% generation %} ... {% endgeneration %}: transformers records those spans for
+# apply_chat_template(..., return_assistant_tokens_mask=True) (train only on assistant turns; TRL's
+# assistant_only_loss) and renders the text byte-for-byte as without them. Plain jinja2 does not know the tag, so
+# files read by other engines (GGUF for llama.cpp) get ``plain_chat_template(CHAT_TEMPLATE)``.
 CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
+    "{{ raise_exception('unknown role ' + message['role'] + '; expected system, user or assistant') }}"
+    "{%- endif -%}"
+    "{{ '<|' + message['role'] + '|>\n' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}{{ message['content'] + '<|end|>' }}{%- endgeneration -%}"
+    "{%- else -%}{{ message['content'] + '<|end|>' }}{%- endif -%}"
+    "{{ '\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>\n' }}{%- endif -%}"
+)
+# The template of tokenizers saved before the generation markers: same text, no assistant spans.
+UNMARKED_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
     "{{ raise_exception('unknown role ' + message['role'] + '; expected system, user or assistant') }}"
@@ -47,6 +69,18 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|assistant|>\n' }}{%- endif -%}"
 )
+_GENERATION_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
+
+
+def plain_chat_template(template: str) -> str:
+    """``template`` without ``{% generation %}`` / ``{% endgeneration %}`` tags: the same rendered text, for jinja
+    engines other than transformers' (plain jinja2, llama.cpp) that reject the tag."""
+    return _GENERATION_TAG.sub("", template)
+
+
+def has_assistant_markers(template: str | None) -> bool:
+    """Whether a chat template marks assistant content with ``{% generation %}`` (needed for assistant masks)."""
+    return bool(template) and _GENERATION_TAG.search(template) is not None
 
 
 def _wrap(tokenizer: Tokenizer, unk_token: str | None = None, chat: bool = True) -> PreTrainedTokenizerFast:
@@ -179,19 +213,62 @@ def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int | N
 
 
 def encode_chats(tokenizer: PreTrainedTokenizerFast, conversations: list[list[dict[str, str]]],
-                 add_generation_prompt: bool = False) -> list[list[int]]:
+                 add_generation_prompt: bool = False, return_assistant_masks: bool = False):
     """Token ids of conversations through the chat template, whose role and end-of-turn markers become special ids;
     the same strings inside a message stay text. Rendered and encoded in one batch; only a conversation whose
-    messages contain such a string goes through transformers' ``sanitize_control_tokens`` (one at a time)."""
-    rendered = tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=add_generation_prompt)
-    encodings = tokenizer.backend_tokenizer.encode_batch_fast(rendered, add_special_tokens=False)
-    ids = [encoding.ids for encoding in encodings]
+    messages contain such a string goes through transformers' ``sanitize_control_tokens`` (one at a time).
+
+    With ``return_assistant_masks`` returns ``(ids, masks)``: per token, 1 where it is part of an assistant
+    message's content or its ``<|end|>`` (the template's ``{% generation %}`` spans, from transformers'
+    ``return_assistant_tokens_mask``), else 0. The template must carry those markers (``ValueError`` otherwise)."""
     added = tuple(tokenizer.added_tokens_encoder)
-    for i, conversation in enumerate(conversations):
-        if any(token in message["content"] for message in conversation for token in added):
-            ids[i] = tokenizer.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt,
-                                                   tokenize=True, return_dict=False, sanitize_control_tokens=True)
-    return ids
+    quoting = [i for i, conversation in enumerate(conversations)
+               if any(token in message["content"] for message in conversation for token in added)]
+    if return_assistant_masks:
+        if not has_assistant_markers(tokenizer.chat_template):
+            raise ValueError("the tokenizer's chat template has no {% generation %} markers around assistant "
+                             "content, so assistant tokens cannot be told apart")
+        encoded = tokenizer.apply_chat_template(conversations, add_generation_prompt=add_generation_prompt,
+                                                tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        ids, masks = encoded["input_ids"], encoded["assistant_masks"]
+    else:
+        rendered = tokenizer.apply_chat_template(conversations, tokenize=False,
+                                                 add_generation_prompt=add_generation_prompt)
+        ids = [encoding.ids for encoding in tokenizer.backend_tokenizer.encode_batch_fast(rendered,
+                                                                                          add_special_tokens=False)]
+    for i in quoting:
+        ids[i] = _encode_sanitized(tokenizer, conversations[i], add_generation_prompt)
+        if return_assistant_masks:
+            masks[i] = _assistant_mask_by_message(tokenizer, conversations[i], ids[i], add_generation_prompt)
+    return (ids, masks) if return_assistant_masks else ids
+
+
+def _encode_sanitized(tokenizer, conversation, add_generation_prompt: bool = False) -> list[int]:
+    return tokenizer.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt, tokenize=True,
+                                         return_dict=False, sanitize_control_tokens=True)
+
+
+def _assistant_mask_by_message(tokenizer, conversation, ids: list[int], add_generation_prompt: bool) -> list[int]:
+    """The assistant mask of a conversation that quotes control tokens, where transformers cannot give one
+    (``sanitize_control_tokens`` excludes ``return_assistant_tokens_mask``). The template's markers are special
+    tokens, so the ids are the concatenation of each message's ids; in an assistant message's ids every token
+    after the ``<|assistant|>\n`` header and before the final newline is masked in, which is transformers' rule
+    (a token overlapping the span counts) for our template."""
+    header = _encode_sanitized(tokenizer, [{"role": "assistant", "content": ""}])  # <|assistant|> \n <|end|> \n
+    end = header.index(tokenizer.convert_tokens_to_ids(END_OF_TURN_TOKEN))
+    opening, closing = header[:end], header[end + 1:]
+    concatenated, mask = [], []
+    for message in conversation:
+        message_ids = _encode_sanitized(tokenizer, [message])
+        concatenated += message_ids
+        if message["role"] != "assistant":
+            mask += [0] * len(message_ids)
+            continue
+        skip = len(opening) if message_ids[:len(opening)] == opening else 1
+        mask += [0] * skip + [1] * (len(message_ids) - skip - len(closing)) + [0] * len(closing)
+    if ids[:len(concatenated)] != concatenated:
+        raise ValueError(f"cannot align the assistant mask of a conversation quoting control tokens: {conversation!r:.200}")
+    return mask + [0] * (len(ids) - len(mask))  # the generation prompt, if any
 
 
 def generation_eos_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
