@@ -2,6 +2,7 @@
 
     python push_to_hub.py runs/demo your-name/scratchgpt-demo [--private] [--revision BRANCH]
         [--commit-message MSG] [--dry-run] [--token TOKEN] [--include PATTERN ...] [--space your-name/demo-space]
+    python push_to_hub.py runs/chat-lora/adapter your-name/chat-lora --base-model your-name/scratchgpt-demo
 
 The token comes from --token, HF_TOKEN or the saved login (`hf auth login`) and is never printed or written.
 """
@@ -24,13 +25,15 @@ def main() -> int:
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
     parser.add_argument("--include", nargs="*", default=[], metavar="PATTERN",
                         help="extra files to upload (e.g. 'optimizer.pt'); by default only the model files go")
+    parser.add_argument("--base-model", default=None, metavar="NAMESPACE/NAME",
+                        help="for a LoRA adapter folder (<output_dir>/adapter): the Hub id of its base model")
     parser.add_argument("--space", default=None, metavar="NAMESPACE/SPACE",
                         help="also create or update a Gradio Space serving the model with scratchgpt's web demo")
     args = parser.parse_args()
     try:
         result = push_folder(args.folder, args.repo_id, token=args.token, private=args.private,
                              revision=args.revision, commit_message=args.commit_message, include=args.include,
-                             dry_run=args.dry_run)
+                             dry_run=args.dry_run, base_model=args.base_model)
         space = push_space(args.space, [args.repo_id], token=args.token, private=args.private,
                            dry_run=args.dry_run) if args.space else None
     except Exception as error:

@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - depends on the installed huggingface_h
     from httpx import TransportError
 
 
-__all__ = ["ALLOWED_FILES", "select_files", "model_card", "push_folder", "push_space"]
+__all__ = ["ADAPTER_FILES", "ALLOWED_FILES", "select_files", "model_card", "push_folder", "push_space"]
 
 ALLOWED_FILES = [
     "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
@@ -31,6 +31,9 @@ ALLOWED_FILES = [
     "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "chat_template.jinja", "vocab.json", "merges.txt", "training_curves.png", "metrics.json",
 ]
+# a LoRA run's <output_dir>/adapter (PEFT's files and the tokenizer)
+ADAPTER_FILES = ["adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "chat_template.jinja"]
 
 
 def select_files(folder: str | Path, include: list[str] = ()) -> list[Path]:
@@ -47,6 +50,21 @@ def _check_model_folder(folder: Path) -> dict:
     if not any(folder.glob("*.safetensors")):
         raise FileNotFoundError(f"{folder}: not a trained model folder (no .safetensors weights)")
     return json.loads(config_file.read_text(encoding="utf-8"))
+
+
+def _fine_tuning_line(training: dict, merged: bool = True) -> str:
+    """How the model was fine-tuned, for the card (empty for a run trained from scratch)."""
+    if not training.get("base_model"):
+        return ""
+    lora = training.get("lora")
+    how = [f"LoRA rank {lora['r']} (alpha {lora['alpha']}) on {', '.join(lora['target_modules'])}"
+           + (", merged into these weights" if merged else "") if lora else "all weights trained"]
+    if training.get("assistant_only_loss"):
+        how.append("loss on assistant turns only")
+    if training.get("replay"):
+        how.append(f"{training['replay']['fraction']:.0%} of the blocks replayed from "
+                   f"{', '.join(training['replay']['inputs'])}")
+    return f"- Fine-tuned from {training['base_model']}: {'; '.join(how)}.\n"
 
 
 def _read_json(path: Path) -> dict:
@@ -88,6 +106,7 @@ def model_card(folder: str | Path, repo_id: str) -> str:
         datasets=data_names,
         pipeline_tag="text-generation",
         model_name=name,
+        base_model=training["base_model"] if "/" in (training.get("base_model") or "") else None,
         eval_results=[EvalResult(task_type="text-generation", dataset_type="custom", dataset_name="held-out validation",
                                  metric_type="perplexity", metric_value=round(perplexity, 3))] if perplexity else None,
     )
@@ -103,7 +122,7 @@ def model_card(folder: str | Path, repo_id: str) -> str:
     ])
     if training:
         hours = metrics.get("train_runtime_total", metrics.get("train_runtime", 0)) / 3600
-        trained = "\n".join([
+        trained = _fine_tuning_line(training) + "\n".join([
             f"- Data: {training.get('dataset_name') or ', '.join(training['inputs'])}: "
             f"{training['train_tokens']:,} training tokens, "
             f"{training['validation_tokens']:,} validation tokens, blocks of {training['block_size']} tokens.",
@@ -169,24 +188,77 @@ not for anything that matters.
 
 def push_folder(folder: str | Path, repo_id: str, token: str | None = None, private: bool = False,
                 revision: str | None = None, commit_message: str | None = None, include: list[str] = (),
-                dry_run: bool = False, retries: int = 3) -> dict:
+                dry_run: bool = False, retries: int = 3, base_model: str | None = None) -> dict:
     """Create ``repo_id`` if needed and upload the selected files and a model card in one commit.
+
+    A LoRA adapter folder (``adapter_config.json``; train.py's ``<output_dir>/adapter``) is published as a PEFT
+    repository naming its base model: ``base_model`` (a Hub id), or the one its config records if that is a Hub id
+    and not a local folder.
 
     Returns ``{"files": [(path_in_repo, size)], "card": str, "commit_url": str | None}``. Raises ``ValueError`` /
     ``FileNotFoundError`` / ``ConnectionError`` with one-line messages (never containing the token).
     """
     folder = Path(folder)
     _check_repo_id(repo_id)
-    card = model_card(folder, repo_id)
-    files = [p for p in select_files(folder, include) if p.name != "README.md"]
-    listing = [(p.name, p.stat().st_size) for p in files] + [("README.md", len(card.encode("utf-8")))]
+    if (folder / "adapter_config.json").is_file():
+        card, files, generated = _adapter_upload(folder, repo_id, base_model)
+    else:
+        card, generated = model_card(folder, repo_id), {}
+        files = [p for p in select_files(folder, include) if p.name != "README.md"]
+    listing = [(p.name, p.stat().st_size) for p in files] + [(name, len(data)) for name, data in generated.items()]
+    listing.append(("README.md", len(card.encode("utf-8"))))
     if dry_run:
         return {"files": listing, "card": card, "commit_url": None}
     operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
+    operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in generated.items()]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
     commit_url = _commit(repo_id, operations, token, commit_message or f"Upload {folder.name} with scratchgpt",
                          retries, revision=revision, private=private)
     return {"files": listing, "card": card, "commit_url": commit_url}
+
+
+def _adapter_upload(folder: Path, repo_id: str, base_model: str | None) -> tuple[str, list[Path], dict]:
+    """(card, files, generated files) for an adapter folder; its config is uploaded naming the base's Hub id."""
+    config = _read_json(folder / "adapter_config.json")
+    if not (folder / "adapter_model.safetensors").is_file() or not config:
+        raise FileNotFoundError(f"{folder}: not a LoRA adapter folder (adapter_config.json and "
+                                f"adapter_model.safetensors)")
+    recorded = config.get("base_model_name_or_path") or ""
+    base_model = base_model or (recorded if "/" in recorded and not Path(recorded).exists() else None)
+    if base_model is None:
+        raise ValueError(f"{folder}: the adapter's base is the local folder {Path(recorded).name or '?'}; publish that "
+                         f"model first and give its Hub id with --base-model NAMESPACE/NAME")
+    _check_repo_id(base_model)
+    config["base_model_name_or_path"] = base_model
+    metrics = _read_json(folder.parent / "metrics.json")
+    training = metrics.get("training", {})
+    perplexity = metrics.get("eval_perplexity")
+    card_data = ModelCardData(library_name="peft", license="mit", base_model=base_model, pipeline_tag="text-generation",
+                              tags=["scratchgpt", "lora", "text-generation"], model_name=repo_id.split("/")[-1])
+    body = f"""
+# {repo_id.split("/")[-1]}
+
+A LoRA adapter for [{base_model}](https://huggingface.co/{base_model}), trained with scratchgpt.
+
+{_fine_tuning_line(training, merged=False)}{f"- Validation perplexity {perplexity:.2f} after {metrics.get('global_step')} steps."
+                                   if perplexity else ""}
+
+## Use
+
+```python
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+model = AutoPeftModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+```
+
+`model.merge_and_unload()` gives a plain model of the base's kind.
+"""
+    card = ModelCard.from_template(card_data, template_str="---\n{{ card_data }}\n---\n" + body).content
+    files = sorted(p for p in folder.iterdir() if p.name in ADAPTER_FILES)
+    generated = {"adapter_config.json": (json.dumps(config, indent=2) + "\n").encode("utf-8")}
+    return card, files, generated
 
 
 def push_space(space_id: str, models: list[str], token: str | None = None, private: bool = False,

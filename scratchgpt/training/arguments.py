@@ -17,7 +17,10 @@ from ..data.sources import DEFAULT_SEPARATOR
 from ..modeling import PRESETS
 
 
-__all__ = ["ModelArguments", "DataArguments", "RunArguments", "parse_args", "parse_duration"]
+__all__ = ["LORA_TARGET_MODULES", "ModelArguments", "DataArguments", "RunArguments", "parse_args", "parse_duration"]
+
+
+LORA_TARGET_MODULES = ("qkv", "out_proj", "fc_in", "fc_out")
 
 
 @dataclass
@@ -37,10 +40,26 @@ class ModelArguments:
     activation_function: str = field(default="gelu", metadata={"help": "'gelu' (exact) or 'gelu_new' (tanh)"})
     tie_word_embeddings: bool = field(default=False, metadata={"help": "share the LM head with the embedding"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "'sdpa', 'eager' or 'flash_attention_2'"})
+    # LoRA through PEFT; the names of TRL's ModelConfig
+    use_peft: bool = field(default=False, metadata={
+        "help": "train LoRA adapters (PEFT) instead of every weight; saved in <output_dir>/adapter, merged into the "
+                "model in output_dir"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = lora_alpha / lora_r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA path"})
+    lora_target_modules: list[str] | None = field(default=None, metadata={
+        "help": f"module names to adapt (default: {' '.join(LORA_TARGET_MODULES)}, the block's Linear layers), or "
+                "'all-linear'"})
+    lora_modules_to_save: list[str] | None = field(default=None, metadata={
+        "help": "modules trained in full beside the adapters and saved with them (e.g. lm_head for an untied head)"})
 
     def __post_init__(self):
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be at least 1, got {self.lora_r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
 
 @dataclass
@@ -70,6 +89,13 @@ class DataArguments:
                 "'paragraph' (split at blank lines)"})
     document_separator: str = field(default=DEFAULT_SEPARATOR, metadata={
         "help": "the literal string between documents in text_documents 'separator' mode (not kept)"})
+    assistant_only_loss: bool = field(default=False, metadata={
+        "help": "conversation data: train only on assistant turns (content and <|end|>); other tokens get label -100"})
+    replay_inputs: list[str] | None = field(default=None, metadata={
+        "help": "pretraining data mixed into the training blocks against forgetting: a prepared folder, or inputs "
+                "prepared in <output_dir>/replay-data (every token trained)"})
+    replay_fraction: float = field(default=0.0, metadata={
+        "help": "share of the training blocks drawn from replay_inputs (seeded; e.g. 0.2)"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "evaluate on at most this many blocks"})
     sample_prompts: list[str] = field(
         default_factory=lambda: ["Hi! How are you doing today?", "What do you like to do on weekends?",

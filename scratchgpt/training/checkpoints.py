@@ -41,10 +41,12 @@ def checkpoint_problem(checkpoint: Path, world_size: int = 1) -> str | None:
         return "trainer_state.json is missing or truncated"
     if f"checkpoint-{state.get('global_step')}" != checkpoint.name:
         return f"trainer_state.json is for step {state.get('global_step')}"
+    # a LoRA run's checkpoints hold the adapter (PEFT's file names) instead of the model
+    weights = "adapter_model.safetensors" if (checkpoint / "adapter_config.json").is_file() else "model.safetensors"
     try:
-        check_safetensors(checkpoint / "model.safetensors")
+        check_safetensors(checkpoint / weights)
     except ValueError:
-        return "model.safetensors is missing or truncated"
+        return f"{weights} is missing or truncated"
     for name in ("optimizer.pt", "scheduler.pt"):
         # torch.save writes a zip archive whose directory sits at the end: a truncated file is not a valid zip
         if not zipfile.is_zipfile(checkpoint / name):

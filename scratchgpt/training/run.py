@@ -17,7 +17,7 @@ import evaluate
 import torch
 from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerBase, Trainer, set_seed
 
-from ..data.prepare import collate_blocks, prepare_dataset, read_metadata
+from ..data.prepare import collate_blocks, load_prepared, prepare_dataset, read_metadata, tokenizer_fingerprint
 from ..data.sources import iter_document_pieces, iter_texts
 from ..loading import resolve_model
 from ..locking import exclusive_folder
@@ -25,9 +25,16 @@ from ..metrics import metric_path
 from ..modeling import PRESETS, ScratchGPTConfig, ScratchGPTForCausalLM
 from ..modeling.convert import from_gpt2
 from ..staging import staged_output
-from ..tokenization import CHAT_TEMPLATE, SPECIAL_TOKENS, generation_eos_token_ids, train_tokenizer
+from ..tokenization import (
+    CHAT_TEMPLATE,
+    SPECIAL_TOKENS,
+    UNMARKED_CHAT_TEMPLATE,
+    generation_eos_token_ids,
+    has_assistant_markers,
+    train_tokenizer,
+)
 from ..tokenization.trainers import BOS_EOS_TOKEN, PAD_TOKEN
-from .arguments import DataArguments, ModelArguments, RunArguments, parse_args, parse_duration
+from .arguments import LORA_TARGET_MODULES, DataArguments, ModelArguments, RunArguments, parse_args, parse_duration
 from .callbacks import (
     GracefulStopCallback,
     MirrorCallback,
@@ -37,6 +44,7 @@ from .callbacks import (
     parameters_are_sharded,
 )
 from .checkpoints import latest_complete_checkpoint, list_checkpoints
+from .finetuning import apply_lora, lora_settings, mix_replay, save_adapter
 from .report import write_report
 
 
@@ -108,7 +116,47 @@ def load_base_model(model_args: ModelArguments, source: str) -> tuple[ScratchGPT
         model.config.pad_token_id = tokenizer.pad_token_id
         logger.warning("%s: added the tokens %s and the chat template to its tokenizer; embeddings resized from %d "
                        "to %d", name, ", ".join(missing), before, len(tokenizer))
+    if tokenizer.chat_template == UNMARKED_CHAT_TEMPLATE:  # saved before the assistant markers: same text
+        tokenizer.chat_template = CHAT_TEMPLATE
     return model, tokenizer
+
+
+def _check_fine_tuning(model_args: ModelArguments, data_args: DataArguments, tokenizer, base, config) -> None:
+    """The fine-tuning settings checked against the tokenizer and model before any data is prepared."""
+    if data_args.assistant_only_loss and not has_assistant_markers(tokenizer.chat_template):
+        raise ValueError("assistant_only_loss: the tokenizer's chat template has no {% generation %} markers around "
+                         "assistant content (scratchgpt's template has them)")
+    if bool(data_args.replay_inputs) != (data_args.replay_fraction > 0):
+        raise ValueError("replay_inputs and replay_fraction go together: give both (e.g. replay_fraction 0.2) or "
+                         "neither")
+    if not 0 <= data_args.replay_fraction < 1:
+        raise ValueError(f"replay_fraction must be in [0, 1), got {data_args.replay_fraction}")
+    if model_args.use_peft:
+        if base is None:
+            with torch.device("meta"):  # the module names only: no memory, no random numbers drawn
+                base = ScratchGPTForCausalLM(config)
+        lora_settings(base, model_args)
+
+
+def _replay_blocks(data_args: DataArguments, tokenizer, block_size: int, output_dir: Path, seed: int):
+    """The training blocks of ``replay_inputs``: a prepared folder as it is (same tokenizer and block size), or
+    raw inputs prepared in ``<output_dir>/replay-data``; None without replay."""
+    if not data_args.replay_inputs:
+        return None
+    inputs = data_args.replay_inputs
+    metadata = read_metadata(inputs[0]) if len(inputs) == 1 else None
+    if metadata is None:
+        return prepare_dataset(tokenizer, inputs, output_dir / "replay-data", block_size=block_size, val_fraction=0,
+                               clean=data_args.clean, num_proc=data_args.num_proc, seed=seed,
+                               text_documents=data_args.text_documents,
+                               document_separator=data_args.document_separator)["train"]
+    if metadata["settings"]["block_size"] != block_size:
+        raise ValueError(f"{inputs[0]}: prepared with block_size {metadata['settings']['block_size']}, this run uses "
+                         f"{block_size}")
+    if metadata["tokenizer"]["fingerprint"] != tokenizer_fingerprint(tokenizer):
+        raise ValueError(f"{inputs[0]}: prepared with a different tokenizer than this run's; give the raw inputs "
+                         f"instead, to prepare them with this one")
+    return load_prepared(inputs[0])["train"]
 
 
 def load_or_train_tokenizer(data_args: DataArguments, path: Path):
@@ -148,11 +196,16 @@ def compute_metrics(eval_prediction) -> dict[str, float]:
     return {"perplexity": perplexity["perplexity"], "accuracy": accuracy["accuracy"]}
 
 
-def _check_existing_run(output_dir: Path, config: ScratchGPTConfig) -> None:
-    """Refuse to resume checkpoints of a different model (another run's folder, or a changed tokenizer)."""
+def _check_existing_run(output_dir: Path, config: ScratchGPTConfig, use_peft: bool = False) -> None:
+    """Refuse to resume checkpoints of a different model (another run's folder, or a changed tokenizer), or of a
+    LoRA run in a full run and the other way round."""
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints:
         return
+    if (checkpoints[-1] / "adapter_config.json").is_file() != use_peft:
+        kind = "LoRA adapters" if not use_peft else "a full model (no LoRA)"
+        raise ValueError(f"{output_dir} holds checkpoints of {kind}: set use_peft {str(not use_peft).lower()} to "
+                         f"resume them, or use another output_dir (or --fresh true to delete them)")
     saved = json.loads((checkpoints[-1] / "config.json").read_text(encoding="utf-8")) \
         if (checkpoints[-1] / "config.json").is_file() else {}
     different = [f"{name} {saved.get(name)!r} there, {getattr(config, name)!r} here" for name in _ARCHITECTURE
@@ -227,7 +280,7 @@ def _save_final_model(trainer: Trainer, output_dir: Path) -> None:
 
 
 def _training_summary(training_args, data_args: DataArguments, model_args: ModelArguments, block_size: int,
-                      data: dict) -> dict:
+                      data: dict, replay=None) -> dict:
     """How the run was trained, for metrics.json and the model card."""
     if torch.cuda.is_available() and not training_args.use_cpu:
         hardware = f"{training_args.world_size} x {torch.cuda.get_device_name()}"
@@ -244,6 +297,13 @@ def _training_summary(training_args, data_args: DataArguments, model_args: Model
         "split_method": data.get("split_method"),
         "train_tokens": data["splits"]["train"]["tokens"],
         "validation_tokens": data["splits"].get("validation", {}).get("tokens", 0),
+        "assistant_only_loss": data_args.assistant_only_loss,
+        "trained_tokens": data["splits"]["train"].get("trained_tokens", data["splits"]["train"]["tokens"]),
+        "replay": {"inputs": public_names(data_args.replay_inputs), "fraction": data_args.replay_fraction}
+        if replay is not None else None,
+        "lora": {"r": model_args.lora_r, "alpha": model_args.lora_alpha, "dropout": model_args.lora_dropout,
+                 "target_modules": list(model_args.lora_target_modules or LORA_TARGET_MODULES),
+                 "modules_to_save": model_args.lora_modules_to_save} if model_args.use_peft else None,
         "block_size": block_size,
         "tokens_per_step": batch * training_args.world_size * block_size,
         "learning_rate": training_args.learning_rate,
@@ -314,13 +374,16 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
             for checkpoint in list_checkpoints(output_dir):
                 logger.warning("--fresh: deleting %s", checkpoint)
                 shutil.rmtree(checkpoint)
-        _check_existing_run(output_dir, config)  # before anything of the run is rebuilt
+        _check_existing_run(output_dir, config, model_args.use_peft)  # before anything of the run is rebuilt
+        _check_fine_tuning(model_args, data_args, tokenizer, base, config)
         dataset = prepare_dataset(tokenizer, data_args.inputs, data_path, block_size=block_size,
                                   val_fraction=data_args.val_fraction, clean=data_args.clean,
                                   num_proc=data_args.num_proc, seed=training_args.seed,
                                   text_documents=data_args.text_documents,
                                   document_separator=data_args.document_separator,
-                                  validation_inputs=data_args.validation_inputs)
+                                  validation_inputs=data_args.validation_inputs,
+                                  assistant_only_loss=data_args.assistant_only_loss)
+        replay = _replay_blocks(data_args, tokenizer, block_size, output_dir, training_args.seed)
         splits = read_metadata(data_path)["splits"]
         logger.info("data: %s training and %s validation blocks of %d tokens, in %s",
                     f"{splits['train']['blocks']:,}", f"{splits.get('validation', {}).get('blocks', 0):,}",
@@ -334,6 +397,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     model.set_attn_implementation(model_args.attn_implementation)
     model.generation_config.eos_token_id = generation_eos_token_ids(tokenizer) or None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if model_args.use_peft:
+        model = apply_lora(model, model_args)
     origin = f"from {model_args.model_name_or_path}" if base is not None else f"{model_args.preset or 'tiny'} preset"
     logger.info("model: %s parameters (%s, %d layers x %d, context %d)", f"{model.num_parameters():,}", origin,
                 config.n_layer, config.n_embd, config.n_positions)
@@ -352,7 +417,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         model=model,
         args=training_args,
         data_collator=collate_blocks,
-        train_dataset=dataset["train"],
+        train_dataset=dataset["train"] if replay is None else mix_replay(
+            dataset["train"], replay, data_args.replay_fraction, training_args.seed),
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         compute_metrics=compute_metrics if eval_dataset is not None else None,
@@ -378,10 +444,13 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
         metrics["eval_perplexity_from_loss"] = math.exp(metrics["eval_loss"])
+    if model_args.use_peft:
+        adapter = save_adapter(trainer, output_dir)  # then trainer.model is the merged model
+        logger.info("saved the LoRA adapter in %s", adapter)
     _save_final_model(trainer, output_dir)
     logger.info("saved the model, tokenizer and metrics in %s", output_dir)
     metrics["training"] = _training_summary(training_args, data_args, model_args, block_size,
-                                            read_metadata(data_path))
+                                            read_metadata(data_path), replay)
     if trainer.is_world_process_zero():
         if not parameters_are_sharded(training_args):
             replies = generate_samples(trainer.model, tokenizer, data_args.sample_prompts,
