@@ -33,6 +33,10 @@ def pytest_collection_modifyitems(config, items):
     if not _installed("llama_cpp"):
         skips["llamacpp"] = pytest.mark.skip(reason='needs llama-cpp-python: pip install -e ".[gguf-check]" '
                                                     '(compiles llama.cpp, a few minutes; CI installs it)')
+    if not _installed("peft"):
+        skips["peft"] = pytest.mark.skip(reason='needs peft: pip install -e ".[finetune]"')
+    if not (_installed("trl") and _installed("peft")):
+        skips["trl"] = pytest.mark.skip(reason='needs trl and peft: pip install -e ".[finetune]"')
     for item in items:
         for marker, skip in skips.items():
             if marker in item.keywords:

@@ -228,8 +228,10 @@ def encode_chats(tokenizer: PreTrainedTokenizerFast, conversations: list[list[di
         if not has_assistant_markers(tokenizer.chat_template):
             raise ValueError("the tokenizer's chat template has no {% generation %} markers around assistant "
                              "content, so assistant tokens cannot be told apart")
+        # verbose False: a conversation longer than the model's context is fine here (packing cuts it in blocks)
         encoded = tokenizer.apply_chat_template(conversations, add_generation_prompt=add_generation_prompt,
-                                                tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+                                                tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                                                tokenizer_kwargs={"verbose": False})
         ids, masks = encoded["input_ids"], encoded["assistant_masks"]
     else:
         rendered = tokenizer.apply_chat_template(conversations, tokenize=False,

@@ -5,6 +5,7 @@ LoRA is PEFT's own (``LoraConfig`` + ``get_peft_model``); this module only check
 first, so that a typo in a module name or a combination PEFT handles wrongly is a one-line error before any work.
 """
 
+import importlib.util
 import logging
 import shutil
 from pathlib import Path
@@ -32,6 +33,8 @@ def lora_settings(model: nn.Module, model_args: ModelArguments) -> dict:
     """``LoraConfig`` keyword arguments from the run's keys, checked against ``model``: every target name must name
     a Linear layer (the error lists those there are), and LoRA on a head tied to the embedding is refused (PEFT
     merges such an adapter into the shared matrix, changing the embedding as well)."""
+    if importlib.util.find_spec("peft") is None:
+        raise ValueError("use_peft needs the peft library: pip install -e \".[finetune]\"")
     targets = list(model_args.lora_target_modules or LORA_TARGET_MODULES)
     available = _linear_names(model)
     if targets == ["all-linear"]:

@@ -332,6 +332,9 @@ def main(argv: list[str]) -> dict:
         _quiet()
     if training_args.ddp_find_unused_parameters is None:
         training_args.ddp_find_unused_parameters = False  # every parameter takes part in the loss: no search needed
+    # the collator reads the blocks' columns itself (assistant_masks -> labels); the Trainer would drop every column
+    # the model's forward does not take
+    training_args.remove_unused_columns = False
     if training_args.process_index == 0:
         with exclusive_folder(training_args.output_dir, what="training run"):
             return _train(model_args, data_args, run_args, training_args)

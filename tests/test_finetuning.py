@@ -1,0 +1,209 @@
+"""Fine-tuning with train.py: from a trained model, LoRA through PEFT, assistant-only loss, replay."""
+
+import itertools
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from scratchgpt.data.sources import chitchat_conversations
+from scratchgpt.training.arguments import ModelArguments
+from scratchgpt.training.finetuning import lora_settings, mix_replay
+from scratchgpt.training.run import main as train
+
+from .test_training import KILLER, run_script, tiny_run_args, without_sizes
+from .testing_utils import tiny_config
+
+pytestmark = pytest.mark.peft
+
+
+def chats(folder: Path, n: int = 200) -> str:
+    path = folder / "chats.jsonl"
+    path.write_text("".join(json.dumps({"messages": c}) + "\n"
+                            for c in itertools.islice(chitchat_conversations(), n)))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A tiny model pretrained for a few steps on chat text (character tokenizer, context 32)."""
+    folder = tmp_path_factory.mktemp("base")
+    train(tiny_run_args(folder, inputs=chats(folder), max_steps=6, save_steps=100, eval_steps=100))
+    return folder / "run"
+
+
+def lora_args(tmp_path: Path, base: Path, **overrides) -> list[str]:
+    settings = {"inputs": chats(tmp_path), "model_name_or_path": str(base), "use_peft": "true",
+                "assistant_only_loss": "true", "learning_rate": 1e-2, "lora_r": 4, "lora_alpha": 8,
+                "lora_dropout": 0.0}
+    sizes = {key: overrides.pop(key) for key in list(overrides) if key in ("n_layer", "preset")}
+    return without_sizes(tiny_run_args(tmp_path, **{**settings, **overrides})) + \
+        [token for key, value in sizes.items() for token in (f"--{key}", str(value))]
+
+
+def hashes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_lora_run_saves_an_adapter_and_a_merged_model(tmp_path, base):
+    from peft import AutoPeftModelForCausalLM, PeftModel
+
+    base_files = hashes(base)
+    metrics = train(lora_args(tmp_path, base))
+    run = tmp_path / "run"
+    assert hashes(base) == base_files  # the base folder is only read
+    assert metrics["training"]["lora"]["target_modules"] == ["qkv", "out_proj", "fc_in", "fc_out"]
+    assert metrics["training"]["assistant_only_loss"] is True
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (run / "checkpoint-8" / "model.safetensors").exists()  # checkpoints hold the adapter only
+
+    # the merged model equals the base + adapter, both loaded the way users load them
+    merged = AutoModelForCausalLM.from_pretrained(run).eval()
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run / "adapter").eval()
+    auto = AutoPeftModelForCausalLM.from_pretrained(run / "adapter").eval()  # finds the base by its recorded path
+    ids = torch.randint(0, merged.config.vocab_size, (2, 32))
+    with torch.no_grad():
+        expected = adapted(ids).logits
+        torch.testing.assert_close(merged(ids).logits, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(auto(ids).logits, expected, atol=0, rtol=0)
+        assert (AutoModelForCausalLM.from_pretrained(base)(ids).logits - expected).abs().max() > 1e-3  # it learned
+
+    # base weights untouched by training: every weight LoRA does not target is bitwise the base's, and each target
+    # is the base's plus exactly the adapter's B @ A * alpha / r
+    before, after = load_file(base / "model.safetensors"), load_file(run / "model.safetensors")
+    adapter = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    targets = 0
+    for name, weight in before.items():
+        a_name = "base_model.model." + name.replace(".weight", ".lora_A.weight")
+        if a_name in adapter:
+            delta = adapter[a_name.replace("lora_A", "lora_B")] @ adapter[a_name] * (8 / 4)
+            torch.testing.assert_close(after[name], weight + delta, atol=1e-6, rtol=0)
+            targets += 1
+        else:
+            assert torch.equal(after[name], weight), name
+    assert targets == 4 * 1  # four Linear layers in the one block
+
+
+def test_the_merged_model_loads_with_remote_code_where_scratchgpt_is_not_importable(tmp_path, base):
+    train(lora_args(tmp_path, base, max_steps=2, save_steps=100, eval_steps=100))
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run").eval()
+    ids = torch.randint(0, merged.config.vocab_size, (1, 16))
+    with torch.no_grad():
+        torch.save({"ids": ids, "logits": merged(ids).logits}, tmp_path / "expected.pt")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["scratchgpt"] = None  # any `import scratchgpt` now raises ImportError
+        import torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "run")!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        torch.testing.assert_close(model(expected["ids"]).logits, expected["logits"], atol=0, rtol=0)
+        print("merged-remote-code-ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "merged-remote-code-ok" in result.stdout
+
+
+def test_assistant_only_loss_trains_on_assistant_tokens_only(tmp_path, base):
+    """The run's validation loss is the mean over assistant tokens alone: recomputed directly from the saved model
+    and the prepared blocks' masks (the Trainer averages the loss of each evaluation batch of 8 blocks)."""
+    from scratchgpt.data.prepare import collate_blocks, load_prepared
+
+    metrics = train(lora_args(tmp_path, base, max_steps=2, save_steps=100, eval_steps=100))
+    validation = load_prepared(tmp_path / "run" / "data")["validation"].select(range(16))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run").eval()
+    losses = []
+    for start in (0, 8):
+        batch = collate_blocks([validation[i] for i in range(start, start + 8)])
+        assert (batch["labels"] == -100).float().mean() > 0.3  # user turns, role markers and <|endoftext|>
+        with torch.no_grad():
+            logits = model(batch["input_ids"]).logits[:, :-1]
+        losses.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:],
+                                                        ignore_index=-100).item())
+    assert metrics["eval_loss"] == pytest.approx(sum(losses) / 2, rel=1e-4)
+    trained = json.loads((tmp_path / "run" / "data" / "scratchgpt_data.json").read_text())["splits"]["train"]
+    assert 0 < trained["trained_tokens"] < trained["blocks"] * 32
+
+
+def test_replay_mixes_the_asked_fraction_seeded(tmp_path):
+    train_blocks = Dataset.from_dict({"input_ids": [[1] * 4] * 80, "assistant_masks": [[True, False] * 2] * 80})
+    replay_blocks = Dataset.from_dict({"input_ids": [[i + 10] * 4 for i in range(7)]})
+    mixed = mix_replay(train_blocks, replay_blocks, 0.2, seed=3)
+    assert len(mixed) == 100 and sum(row["input_ids"][0] != 1 for row in mixed) == 20  # 20% replay
+    replayed = [row for row in mixed if row["input_ids"][0] != 1]
+    assert all(row["assistant_masks"] == [True] * 4 for row in replayed)  # pretraining text: every token trained
+    assert {row["input_ids"][0] for row in replayed} == set(range(10, 17))  # cycled through all 7
+    again = mix_replay(train_blocks, replay_blocks, 0.2, seed=3)
+    assert again["input_ids"] == mixed["input_ids"]
+    assert mix_replay(train_blocks, replay_blocks, 0.2, seed=4)["input_ids"] != mixed["input_ids"]
+
+
+def test_a_run_with_replay_records_it(tmp_path, base):
+    metrics = train(lora_args(tmp_path, base, replay_inputs=str(base / "data"), replay_fraction=0.25, max_steps=2,
+                              save_steps=100, eval_steps=100))
+    assert metrics["training"]["replay"] == {"inputs": ["data"], "fraction": 0.25}
+    card = (tmp_path / "run" / "metrics.json").read_text()
+    assert '"fraction": 0.25' in card
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lora_target_modules": "attn_proj"},
+     "lora_target_modules: attn_proj match no Linear layer of the model; available: fc_in, fc_out, lm_head, "
+     "out_proj, qkv"),
+    ({"model_name_or_path": "no/such-folder-here"}, "no/such-folder-here"),
+    ({"n_layer": 3}, "n_layer 3 here, 1 in the model"),
+    ({"replay_fraction": 0.2}, "replay_inputs and replay_fraction go together"),
+    ({"assistant_only_loss": "true", "inputs": "PLAIN"}, "plain text, but assistant_only_loss needs conversations"),
+])
+def test_bad_fine_tuning_settings_are_one_line_errors_and_write_nothing(tmp_path, base, overrides, message):
+    if overrides.get("inputs") == "PLAIN":
+        (tmp_path / "plain.txt").write_text("Just some text.\n" * 50)
+        overrides = {**overrides, "inputs": str(tmp_path / "plain.txt")}
+    args = lora_args(tmp_path, base, **overrides)
+    with pytest.raises((ValueError, OSError), match=message.replace("(", r"\(")):
+        train(args)
+    assert not (tmp_path / "run").exists() or [p.name for p in (tmp_path / "run").iterdir()] == [".scratchgpt.lock"]
+
+
+def test_lora_on_a_tied_head_is_refused():
+    tied = AutoModelForCausalLM.from_config(tiny_config(tie_word_embeddings=True))
+    for keys in ({"lora_target_modules": ["qkv", "lm_head"]}, {"lora_modules_to_save": ["lm_head"]}):
+        with pytest.raises(ValueError, match="lm_head is tied to its input embedding"):
+            lora_settings(tied, ModelArguments(use_peft=True, **keys))
+    untied = AutoModelForCausalLM.from_config(tiny_config(tie_word_embeddings=False))
+    assert lora_settings(untied, ModelArguments(lora_target_modules=["qkv", "lm_head"]))["target_modules"] == \
+        ["qkv", "lm_head"]
+    assert lora_settings(tied, ModelArguments(lora_target_modules=["all-linear"]))["target_modules"] == "all-linear"
+
+
+@pytest.mark.slow  # three training processes, one killed part way
+def test_sigkill_then_rerun_equals_an_uninterrupted_lora_run(tmp_path, base):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    train(lora_args(tmp_path / "a", base, lora_dropout=0.1))
+    reference = load_file(tmp_path / "a" / "run" / "adapter" / "adapter_model.safetensors")
+    args = lora_args(tmp_path / "b", base, lora_dropout=0.1)
+    killed = run_script(KILLER.format(at_step=6, signal="SIGKILL"), args, tmp_path)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run = tmp_path / "b" / "run"
+    assert (run / "checkpoint-4" / "adapter_model.safetensors").is_file() and not (run / "adapter").exists()
+    assert train(args)["global_step"] == 8
+    resumed = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        assert torch.equal(resumed[name], reference[name]), name  # bitwise on CPU
+    np.testing.assert_array_equal(load_file(run / "model.safetensors")["model.layers.0.attn.qkv.weight"].numpy(),
+                                  load_file(tmp_path / "a" / "run" / "model.safetensors")
+                                  ["model.layers.0.attn.qkv.weight"].numpy())
