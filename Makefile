@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow demo install clean
+.PHONY: test test-slow demo demo-chat install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ test-slow: $(STAMP)
 # Tokenizer, data and a tiny model trained on the chitchat corpus, on CPU; results in runs/demo/.
 demo: $(STAMP)
 	$(BIN)/python train.py configs/tiny.yaml
+
+# The demo model fine-tuned into a chat model: LoRA, loss on assistant turns only, on chitchat conversations, on CPU;
+# results in runs/demo-chat/ (the adapter in runs/demo-chat/adapter). Runs `make demo` first if it has not run.
+demo-chat: $(STAMP)
+	test -f runs/demo/model.safetensors || $(BIN)/python train.py configs/tiny.yaml
+	$(BIN)/python train.py configs/chat_lora.yaml --model_name_or_path runs/demo --output_dir runs/demo-chat \
+		--use_cpu true --learning_rate 2e-3 --lora_target_modules qkv out_proj fc_in fc_out \
+		--per_device_train_batch_size 32 --max_steps 300 --eval_steps 150 --save_steps 150
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -31,10 +31,15 @@ def main() -> int:
     if metrics.get("already_complete") or "stopped" in metrics or not is_main_process:
         return 0  # said so in the log
     if "eval_perplexity" in metrics:
-        print(f"\nvalidation perplexity {metrics['eval_perplexity']:.2f}, next-token accuracy "
-              f"{metrics['eval_accuracy']:.3f}, after {metrics['global_step']} steps")
+        start = metrics.get("eval_perplexity_at_start")
+        print(f"\nvalidation perplexity {metrics['eval_perplexity']:.2f}" +
+              (f" (at the start: {start:.2f})" if start is not None else "") +
+              f", next-token accuracy {metrics['eval_accuracy']:.3f}, after {metrics['global_step']} steps")
     for sample in metrics.get("samples", []):
-        print(f"\n> {sample['prompt']}\n{sample['reply']}")
+        if "base_reply" in sample:
+            print(f"\n> {sample['prompt']}\nbefore: {sample['base_reply']}\nafter:  {sample['reply']}")
+        else:
+            print(f"\n> {sample['prompt']}\n{sample['reply']}")
     print(next_steps(metrics["output_dir"]))
     return 0
 

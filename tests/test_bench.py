@@ -3,6 +3,7 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 from scratchgpt import ScratchGPTConfig
@@ -84,6 +85,22 @@ def test_loss_script_runs_and_records_each_chunk_size(tmp_path):
     [row] = json.loads(output.read_text())
     assert (row["hidden_size"], row["vocab"], row["tokens"]) == (32, 64, 32)
     assert set(row["chunked_ms"]) == {"8", "16"} and row["reference_ms"] > 0
+
+
+@pytest.mark.peft
+def test_lora_script_times_both_losses_on_the_same_adapter(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    output = tmp_path / "lora.json"
+    result = subprocess.run([sys.executable, str(BENCH / "lora.py"), "--preset", "tiny", "--vocab", "500",
+                             "--batch", "2", "--seq", "16", "--rank", "2", "--repeats", "1", "--json", str(output)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads(output.read_text())
+    assert row["reference_steps_per_s"] > 0 and row["chunked_steps_per_s"] > 0 and row["speedup"] > 0
+    assert 0 < row["trainable_parameters"] < row["parameters"] / 4  # the adapters only
 
 
 def test_trainer_timer_spans_the_measured_steps_only():

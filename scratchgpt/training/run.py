@@ -400,6 +400,10 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     model.set_attn_implementation(model_args.attn_implementation)
     model.generation_config.eos_token_id = generation_eos_token_ids(tokenizer) or None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    base_replies = None
+    if base is not None and training_args.process_index == 0 and not parameters_are_sharded(training_args):
+        # the starting model's replies, to show beside the fine-tuned model's at the end
+        base_replies = generate_samples(model, tokenizer, data_args.sample_prompts, data_args.sample_max_new_tokens)
     if model_args.use_peft:
         model = apply_lora(model, model_args)
     origin = f"from {model_args.model_name_or_path}" if base is not None else f"{model_args.preset or 'tiny'} preset"
@@ -447,6 +451,9 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
         metrics["eval_perplexity_from_loss"] = math.exp(metrics["eval_loss"])
+        at_start = [entry for entry in trainer.state.log_history if entry.get("step") == 0 and "eval_loss" in entry]
+        if at_start:  # eval_on_start: the starting model's score on the same validation blocks
+            metrics["eval_perplexity_at_start"] = at_start[0]["eval_perplexity"]
     if model_args.use_peft:
         adapter = save_adapter(trainer, output_dir)  # then trainer.model is the merged model
         logger.info("saved the LoRA adapter in %s", adapter)
@@ -459,5 +466,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
             replies = generate_samples(trainer.model, tokenizer, data_args.sample_prompts,
                                        data_args.sample_max_new_tokens)
             metrics["samples"] = [{"prompt": p, "reply": r} for p, r in zip(data_args.sample_prompts, replies)]
+            for sample, base_reply in zip(metrics["samples"], base_replies or []):
+                sample["base_reply"] = base_reply
         write_report(output_dir, trainer.state.log_history, metrics)
     return {**metrics, "output_dir": str(output_dir)}  # where the results are, for the caller (not published)
