@@ -3,6 +3,7 @@ chunked loss, which skips the frozen head's weight gradient, against logits + tr
 same model, batch and adapter.
 
     python bench/lora.py [--preset small] [--vocab 32000] [--batch 8] [--seq 256] [--repeats 7] [--json out.json]
+    python bench/lora.py --only chunked      # one variant alone: its own peak RSS
 
 Both variants train the same PEFT model from the same start (the weights are restored before each timed step), in
 turn, so machine drift hits both alike; the ratio is the median over repetitions of reference time / chunked time.
@@ -45,6 +46,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--only", choices=["reference", "chunked"], default=None,
+                        help="time one variant alone, so that the peak RSS is its own")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -59,10 +62,16 @@ def main() -> None:
     batch = torch.randint(0, args.vocab, (args.batch, args.seq))
     variants = {"reference": lora_step(model, optimizer, batch, False, start),
                 "chunked": lora_step(model, optimizer, batch, True, start)}
+    if args.only:
+        variants = {args.only: variants[args.only]}
     for variant in variants.values():
         variant()  # warm-up: allocator, optimizer state
     times = alternate(variants, args.repeats)
     medians = {name: statistics.median(values) for name, values in times.items()}
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.only:
+        print(f"{args.only} alone: {1 / medians[args.only]:.2f} steps/s, peak RSS {peak_rss_mb:.0f} MB")
+        return
     result = {
         "preset": args.preset, "vocab": args.vocab, "batch": args.batch, "seq": args.seq, "rank": args.rank,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -70,7 +79,7 @@ def main() -> None:
         "parameters": sum(p.numel() for p in model.parameters()),
         "reference_steps_per_s": 1 / medians["reference"], "chunked_steps_per_s": 1 / medians["chunked"],
         "speedup": paired_ratio(times, "reference", "chunked"),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb,  # both variants in one process: see --only for each alone
     }
     print(f"LoRA r={args.rank} on {args.preset} (vocab {args.vocab}), batch {args.batch} x {args.seq}: "
           f"logits + ForCausalLMLoss {result['reference_steps_per_s']:.2f} steps/s, chunked "
