@@ -207,3 +207,51 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_lora_run(tmp_path, base):
     np.testing.assert_array_equal(load_file(run / "model.safetensors")["model.layers.0.attn.qkv.weight"].numpy(),
                                   load_file(tmp_path / "a" / "run" / "model.safetensors")
                                   ["model.layers.0.attn.qkv.weight"].numpy())
+
+
+def test_an_adapter_publishes_naming_its_base_and_loads_from_the_hub(tmp_path, base):
+    from peft import PeftModel
+
+    from scratchgpt.hub import push_folder
+
+    from .hub_server import HubServer
+    from .test_hub import REPO, TOKEN, client_env
+
+    train(lora_args(tmp_path, base, max_steps=2, save_steps=100, eval_steps=100))
+    adapter = tmp_path / "run" / "adapter"
+    with pytest.raises(ValueError, match="the adapter's base is the local folder run; publish that model first"):
+        push_folder(adapter, "me/chat-lora", dry_run=True)
+    dry = push_folder(adapter, "me/chat-lora", dry_run=True, base_model="me/base")
+    assert "base_model: me/base" in dry["card"] and "library_name: peft" in dry["card"]
+    assert "Fine-tuned from run: LoRA rank 4 (alpha 8) on qkv, out_proj, fc_in, fc_out;" in dry["card"]
+    assert str(tmp_path) not in dry["card"]
+
+    hub = HubServer().start()
+    try:
+        env = client_env(hub, tmp_path, HF_TOKEN=TOKEN)
+        for folder, repo, extra in ((base, "me/base", []), (adapter, "me/chat-lora", ["--base-model", "me/base"])):
+            pushed = subprocess.run([sys.executable, str(REPO / "push_to_hub.py"), str(folder), repo, *extra],
+                                    env=env, capture_output=True, text=True, timeout=300)
+            assert pushed.returncode == 0, pushed.stderr[-3000:]
+        config = json.loads(hub.repos["me/chat-lora"].files["adapter_config.json"])
+        assert config["base_model_name_or_path"] == "me/base"  # not the local path
+        assert "model.safetensors" not in hub.repos["me/chat-lora"].files
+
+        ids = torch.randint(0, 40, (1, 12))
+        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
+        with torch.no_grad():
+            torch.save({"ids": ids, "logits": adapted(ids).logits}, tmp_path / "expected.pt")
+        script = textwrap.dedent(f"""
+            import torch
+            from peft import AutoPeftModelForCausalLM
+            model = AutoPeftModelForCausalLM.from_pretrained("me/chat-lora", trust_remote_code=True).eval()
+            expected = torch.load({str(tmp_path / "expected.pt")!r})
+            torch.testing.assert_close(model(expected["ids"]).logits, expected["logits"], atol=0, rtol=0)
+            print("adapter-from-hub-ok")
+        """)
+        loaded = subprocess.run([sys.executable, "-c", script], env=client_env(hub, tmp_path / "client"),
+                                capture_output=True, text=True, timeout=300, cwd=tmp_path, stdin=subprocess.DEVNULL)
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+        assert "adapter-from-hub-ok" in loaded.stdout
+    finally:
+        hub.stop()
