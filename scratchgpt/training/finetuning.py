@@ -72,14 +72,18 @@ def apply_lora(model: nn.Module, model_args: ModelArguments):
 def mix_replay(train: Dataset, replay: Dataset, fraction: float, seed: int) -> Dataset:
     """``train`` plus seeded replay blocks, so that ``fraction`` of the result comes from ``replay`` (cycled when it
     is smaller than needed). The Trainer's sampler shuffles the result, so replay blocks spread through every epoch;
-    the selection depends on the seed alone, so a resumed run sees the same blocks."""
+    the selection depends on the seed alone, so a resumed run sees the same blocks. (``interleave_datasets`` would
+    stop at the end of the smaller dataset or run through all of the larger one; here the fine-tuning data sets the
+    length and the replay set is sampled to fit.)"""
     n_replay = round(len(train) * fraction / (1 - fraction))
     if n_replay == 0:
         return train
     order = np.random.default_rng(seed).permutation(len(replay))
     replay = replay.select(np.resize(order, n_replay))
-    if "assistant_masks" in train.column_names and "assistant_masks" not in replay.column_names:
-        # pretraining text is trained in full: a mask of all True, stored compactly as a constant per block
+    if "assistant_masks" in replay.column_names:  # replayed text is trained in full, whatever its masks say
+        replay = replay.remove_columns("assistant_masks")
+    if "assistant_masks" in train.column_names:
+        # a mask of all True per replay block (in memory: n_replay x block_size booleans)
         block = len(train[0]["input_ids"])
         replay = replay.map(lambda batch: {"assistant_masks": [[True] * block] * len(batch["input_ids"])},
                             batched=True, features=train.features, keep_in_memory=True)
