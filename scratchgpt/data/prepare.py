@@ -158,9 +158,8 @@ def pack_blocks(token_dataset: Dataset, block_size: int, start: int = 0, stop: i
     columns = [name for name in ("input_ids", "assistant_masks") if name in token_dataset.column_names]
     carry, position = None, 0  # position: stream index of flat[0]
     for table in token_dataset.with_format("arrow").iter(batch_size=4096):
-        flat = np.stack([pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False).astype(np.int64)
-                         for name in columns]) if len(columns) > 1 else \
-            pc.list_flatten(table.column("input_ids")).to_numpy()[None]
+        arrays = [pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False) for name in columns]
+        flat = np.stack(arrays) if len(arrays) > 1 else arrays[0][None]  # (columns, tokens); masks become 0/1
         if carry is not None:
             flat = np.concatenate([carry, flat], axis=1)
         if position < start:
