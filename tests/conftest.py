@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# @huggingface/jinja, the chat-template renderer of the Hub and transformers.js (installed by .ci/run)
+HF_JINJA = Path(__file__).resolve().parents[1] / ".venv" / "hfjinja" / "node_modules" / "@huggingface" / "jinja"
 
 
 def _installed(module: str) -> bool:
@@ -37,6 +42,9 @@ def pytest_collection_modifyitems(config, items):
         skips["peft"] = pytest.mark.skip(reason='needs peft: pip install -e ".[finetune]"')
     if not (_installed("trl") and _installed("peft")):
         skips["trl"] = pytest.mark.skip(reason='needs trl and peft: pip install -e ".[finetune]"')
+    if not (shutil.which("node") and HF_JINJA.is_dir()):
+        skips["hfjinja"] = pytest.mark.skip(reason=f"needs node and @huggingface/jinja: npm install --prefix "
+                                                   f"{HF_JINJA.parents[2]} @huggingface/jinja@0.5")
     for item in items:
         for marker, skip in skips.items():
             if marker in item.keywords:

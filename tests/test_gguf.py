@@ -78,7 +78,7 @@ def test_metadata_tokenizer_and_tensor_names(tmp_path):
     assert field("tokenizer.ggml.eos_token_id") == tok.eos_token_id and field("tokenizer.ggml.add_bos_token") is False
     assert field("tokenizer.ggml.eot_token_id") == tok.convert_tokens_to_ids("<|end|>")
     assert field("tokenizer.chat_template") == plain_chat_template(tok.chat_template)
-    assert "{%- generation -%}" in tok.chat_template and "{%- generation" not in field("tokenizer.chat_template")
+    assert "{% generation %}" in tok.chat_template and "{% generation" not in field("tokenizer.chat_template")
     merges = field("tokenizer.ggml.merges")
     assert len(merges) == 1000 - 256 - 6 and all(len(m.split(" ")) == 2 for m in merges)
     names = {t.name for t in reader.tensors}

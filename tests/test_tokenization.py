@@ -100,7 +100,7 @@ def test_generation_markers_leave_the_rendered_text_unchanged(add_generation_pro
     import jinja2
 
     tokenizer = bpe()
-    assert tokenizer.chat_template == CHAT_TEMPLATE and "{%- generation -%}" in CHAT_TEMPLATE
+    assert tokenizer.chat_template == CHAT_TEMPLATE and "{% generation %}" in CHAT_TEMPLATE
     unmarked = jinja2.Environment().from_string(UNMARKED_CHAT_TEMPLATE)
     stripped = jinja2.Environment().from_string(plain_chat_template(CHAT_TEMPLATE))
     with pytest.raises(jinja2.TemplateSyntaxError, match="generation"):
@@ -110,6 +110,28 @@ def test_generation_markers_leave_the_rendered_text_unchanged(add_generation_pro
                                                  add_generation_prompt=add_generation_prompt)
         assert rendered == unmarked.render(messages=conversation, add_generation_prompt=add_generation_prompt)
         assert rendered == stripped.render(messages=conversation, add_generation_prompt=add_generation_prompt)
+
+
+@pytest.mark.hfjinja
+def test_the_hubs_javascript_renderer_renders_the_template_as_transformers_does(tmp_path):
+    """@huggingface/jinja renders chat templates on the Hub and in transformers.js; it must accept the generation
+    tags and give the same text."""
+    from .conftest import HF_JINJA
+
+    script = tmp_path / "render.mjs"
+    script.write_text(
+        f'import {{ Template }} from "{(HF_JINJA / "dist" / "index.js").as_uri()}";\n'
+        'import fs from "fs";\n'
+        'const {template, conversations} = JSON.parse(fs.readFileSync(0, "utf8"));\n'
+        "const compiled = new Template(template);\n"
+        "console.log(JSON.stringify(conversations.map(([messages, add]) =>\n"
+        "  compiled.render({messages, add_generation_prompt: add}))));\n")
+    cases = [[conversation, add] for conversation in CONVERSATIONS for add in (False, True)]
+    result = subprocess.run(["node", str(script)], input=json.dumps({"template": CHAT_TEMPLATE, "conversations": cases}),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rendered = json.loads(result.stdout)
+    assert rendered == [bpe().apply_chat_template(c, tokenize=False, add_generation_prompt=a) for c, a in cases]
 
 
 @pytest.mark.parametrize("kind", ["bpe", "char"])

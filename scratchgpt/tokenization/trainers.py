@@ -44,8 +44,10 @@ BYTE_ALPHABET_SIZE = 256
 # <|user|>\n{content}<|end|>\n per message; the generation prompt opens an assistant turn. The assistant's content and
 # its <|end|> sit inside {% generation %} ... {% endgeneration %}: transformers records those spans for
 # apply_chat_template(..., return_assistant_tokens_mask=True) (train only on assistant turns; TRL's
-# assistant_only_loss) and renders the text byte-for-byte as without them. Plain jinja2 does not know the tag, so
-# files read by other engines (GGUF for llama.cpp) get ``plain_chat_template(CHAT_TEMPLATE)``.
+# assistant_only_loss) and renders the text byte-for-byte as without them. The tags have no whitespace control
+# ({%- -%}): @huggingface/jinja (the Hub's and transformers.js' renderer) accepts that form only from 0.5.8 on.
+# Plain jinja2 does not know the tag, so files read by other engines (GGUF for llama.cpp) get
+# ``plain_chat_template(CHAT_TEMPLATE)``; llama-cpp-python's own formatter skips it.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
@@ -53,7 +55,7 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
     "{{ '<|' + message['role'] + '|>\n' }}"
     "{%- if message['role'] == 'assistant' -%}"
-    "{%- generation -%}{{ message['content'] + '<|end|>' }}{%- endgeneration -%}"
+    "{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}"
     "{%- else -%}{{ message['content'] + '<|end|>' }}{%- endif -%}"
     "{{ '\n' }}"
     "{%- endfor -%}"
