@@ -109,14 +109,20 @@ def _prepare(args: argparse.Namespace) -> None:
     prepare_dataset(tokenizer, args.input, args.output, block_size=args.block_size, val_fraction=args.val_fraction,
                     clean=args.clean, num_proc=args.num_proc, seed=args.seed, text_documents=args.text_documents,
                     document_separator=args.document_separator, validation_inputs=args.validation_input,
-                    rebuild=args.rebuild)
+                    rebuild=args.rebuild, assistant_only_loss=args.assistant_only_loss)
     metadata = read_metadata(args.output)
     print(f"\nprepared data in {args.output} (token ids as {metadata['dtype']}, block size "
           f"{metadata['settings']['block_size']}, vocabulary {metadata['tokenizer']['vocab_size']:,})")
-    print(f"{'split':<12}{'documents':>12}{'tokens':>15}{'blocks':>12}{'dropped':>10}")
+    masked = metadata["settings"].get("assistant_only_loss")
+    print(f"{'split':<12}{'documents':>12}{'tokens':>15}{'blocks':>12}{'dropped':>10}"
+          + (f"{'trained':>12}{'masked':>12}" if masked else ""))
     for name, counts in metadata["splits"].items():
+        in_blocks = counts["blocks"] * metadata["settings"]["block_size"]
         print(f"{name:<12}{counts['documents']:>12,}{counts['tokens']:>15,}{counts['blocks']:>12,}"
-              f"{counts['tokens_dropped']:>10,}")
+              f"{counts['tokens_dropped']:>10,}"
+              + (f"{counts['trained_tokens']:>12,}{in_blocks - counts['trained_tokens']:>12,}" if masked else ""))
+    if masked:
+        print("trained: assistant tokens in the blocks (content and <|end|>); masked: the rest (label -100)")
     print(SPLIT_METHODS[metadata["split_method"]])
     cleaning = metadata["cleaning"]
     if cleaning["mode"] != "off":
@@ -277,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_text_options(prepare)
     prepare.add_argument("--seed", type=int, default=0, help="seed of the train/validation split (default 0)")
     prepare.add_argument("--rebuild", action="store_true", help="rebuild even if the output is up to date")
+    prepare.add_argument("--assistant-only-loss", action="store_true",
+                         help="conversations only: store which tokens are the assistant's, the only ones trained")
     prepare.set_defaults(handler=_prepare)
 
     generate = commands.add_parser("generate", help="continue a prompt, streaming tokens as they come")

@@ -176,6 +176,21 @@ def test_prepare_prints_a_summary_and_reuses(tmp_path, capsys, caplog):
     assert "is up to date; reusing it" in caplog.text
 
 
+def test_prepare_reports_trained_and_masked_tokens(tmp_path, capsys):
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    chats = [[{"role": "user", "content": f"question {i} " * 3}, {"role": "assistant", "content": f"answer {i}"}]
+             for i in range(40)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
+    args = ["prepare", "--tokenizer", str(tmp_path / "tok"), "--input", str(tmp_path / "c.jsonl"), "--block-size",
+            "16", "--output", str(tmp_path / "data"), "--assistant-only-loss"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    counts = json.loads((tmp_path / "data" / "scratchgpt_data.json").read_text())["splits"]["train"]
+    masked = counts["blocks"] * 16 - counts["trained_tokens"]
+    assert 0 < counts["trained_tokens"] < masked  # the user turns are longer than the replies
+    assert re.search(rf"train\s+36\s+[\d,]+\s+[\d,]+\s+\d+\s+{counts['trained_tokens']:,}\s+{masked:,}\n", printed)
+
+
 def test_prepare_errors_are_one_line(tmp_path, capsys):
     tiny_tokenizer().save_pretrained(tmp_path / "tok")
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\nnot json\n')
