@@ -470,3 +470,26 @@ def test_assistant_only_loss_on_plain_text_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=r"a\.txt: plain text, but assistant_only_loss needs conversations"):
         prepare_dataset(tokenizer(), [chats, path], tmp_path / "out", block_size=16, assistant_only_loss=True)
     assert listing(tmp_path) == ["a.txt", "chats.jsonl"]
+
+
+def test_blocks_without_an_assistant_token_are_left_out(tmp_path):
+    """A batch of such blocks would have no target at all (a loss of 0/0): long user turns fill whole blocks."""
+    tok = tokenizer()
+    chats = [[{"role": "user", "content": "the quick brown fox " * 20}, {"role": "assistant", "content": "ok"}]
+             for _ in range(6)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
+    dataset = prepare_dataset(tok, [str(tmp_path / "c.jsonl")], tmp_path / "out", block_size=8, val_fraction=0,
+                              assistant_only_loss=True)
+    counts = read_metadata(tmp_path / "out")["splits"]["train"]
+    n_tokens = sum(len(tok.apply_chat_template(c, return_dict=False)) + 1 for c in chats)
+    assert counts["tokens"] == n_tokens
+    assert counts["blocks"] + counts["blocks_without_assistant_tokens"] == n_tokens // 8
+    assert counts["blocks_without_assistant_tokens"] > counts["blocks"] > 0
+    assert len(dataset["train"]) == counts["blocks"]
+    assert all(np.asarray(row["assistant_masks"]).any() for row in dataset["train"])
+    user_only = [{"role": "user", "content": "hello there " * 5}]  # no assistant turn at all
+    (tmp_path / "u.jsonl").write_text(json.dumps({"messages": user_only}) + "\n")
+    with pytest.raises(ValueError, match="no block of the train split holds an assistant token"):
+        prepare_dataset(tok, [str(tmp_path / "u.jsonl")], tmp_path / "out2", block_size=4, val_fraction=0,
+                        assistant_only_loss=True)
+    assert not (tmp_path / "out2").exists()

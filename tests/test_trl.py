@@ -84,8 +84,8 @@ def test_dpo_with_lora_trains_the_adapter_only(tmp_path):
                      disable_tqdm=True, bf16=False)
     trainer = DPOTrainer(model=dpo_model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer(),
-                         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "out_proj", "fc_in", "fc_out"],
-                                                task_type="CAUSAL_LM"))
+                         peft_config=LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM",
+                                                target_modules=["qkv", "out_proj", "fc_in", "fc_out"]))
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     # step 1: the policy (base + zero-initialised LoRA B) equals the reference (adapter off), so the loss is log 2

@@ -154,7 +154,8 @@ def encode_documents(tokenizer: PreTrainedTokenizerBase, documents) -> list[int]
 def pack_blocks(token_dataset: Dataset, block_size: int, start: int = 0, stop: int | None = None):
     """Yield ``{"input_ids": block}`` for consecutive ``block_size`` slices of the concatenated token stream between
     token positions ``start`` and ``stop`` (default: its end); only a final partial block is dropped. Reads the
-    memory-mapped tokens batch by batch (bounded memory). An ``assistant_masks`` column is cut the same way."""
+    memory-mapped tokens batch by batch (bounded memory). An ``assistant_masks`` column is cut the same way, and
+    then a block without any assistant token is left out."""
     columns = [name for name in ("input_ids", "assistant_masks") if name in token_dataset.column_names]
     carry, position = None, 0  # position: stream index of flat[0]
     for table in token_dataset.with_format("arrow").iter(batch_size=4096):
@@ -170,6 +171,8 @@ def pack_blocks(token_dataset: Dataset, block_size: int, start: int = 0, stop: i
         n_blocks = flat.shape[1] // block_size
         blocks = flat[:, : n_blocks * block_size].reshape(len(columns), n_blocks, block_size)
         for i in range(n_blocks):
+            if len(columns) > 1 and not blocks[1, i].any():
+                continue  # no assistant token: nothing to learn, and a batch of such blocks has a loss of 0/0
             yield {name: blocks[c, i] if name == "input_ids" else blocks[c, i].astype(bool)
                    for c, name in enumerate(columns)}
         carry, position = flat[:, n_blocks * block_size:], position + n_blocks * block_size
@@ -364,6 +367,10 @@ def prepare_dataset(
                     raise ValueError(f"the {name} split has {stop - start:,} tokens, fewer than one block of "
                                      f"block_size {block_size}: give more text, a smaller block size or a different "
                                      f"val fraction")
+                masks = token_ids.data.column("assistant_masks") if assistant_only_loss else None
+                if masks is not None and not pc.any(pc.list_flatten(masks)).as_py():
+                    raise ValueError(f"no block of the {name} split holds an assistant token: check that the "
+                                     f"conversations have assistant turns")
                 splits[name] = Dataset.from_generator(
                     pack_blocks, features=Features(block_features),
                     cache_dir=cache, fingerprint=f"{fingerprint[:32]}-{name}",
@@ -371,10 +378,13 @@ def prepare_dataset(
                 counts[name] = {"documents": n_documents, "tokens": stop - start, "blocks": n_blocks,
                                 "tokens_dropped": stop - start - n_blocks * block_size}
                 if assistant_only_loss:
+                    kept = len(splits[name])
                     trained = pc.sum(pc.list_flatten(splits[name].data.column("assistant_masks"))).as_py() or 0
-                    counts[name]["trained_tokens"] = trained
-                    logger.info("%s: %s of %s tokens in blocks are trained (assistant turns), %s masked", name,
-                                f"{trained:,}", f"{n_blocks * block_size:,}", f"{n_blocks * block_size - trained:,}")
+                    counts[name].update(blocks=kept, blocks_without_assistant_tokens=n_blocks - kept,
+                                        trained_tokens=trained)
+                    logger.info("%s: %s of %s tokens in blocks are trained (assistant turns), %s masked; %s blocks "
+                                "without an assistant token left out", name, f"{trained:,}", f"{kept * block_size:,}",
+                                f"{kept * block_size - trained:,}", f"{n_blocks - kept:,}")
             DatasetDict(splits).save_to_disk(str(staging))
             shutil.rmtree(cache)
             metadata = {**identity, "fingerprint": fingerprint, "split_method": method, "splits": counts,

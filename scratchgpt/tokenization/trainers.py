@@ -271,7 +271,8 @@ def _assistant_mask_by_message(tokenizer, conversation, ids: list[int], add_gene
         skip = len(opening) if message_ids[:len(opening)] == opening else 1
         mask += [0] * skip + [1] * (len(message_ids) - skip - len(closing)) + [0] * len(closing)
     if ids[:len(concatenated)] != concatenated:
-        raise ValueError(f"cannot align the assistant mask of a conversation quoting control tokens: {conversation!r:.200}")
+        raise ValueError(f"cannot align the assistant mask of a conversation quoting control tokens: "
+                         f"{conversation!r:.200}")
     return mask + [0] * (len(ids) - len(mask))  # the generation prompt, if any
 
 
