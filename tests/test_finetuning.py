@@ -255,3 +255,17 @@ def test_an_adapter_publishes_naming_its_base_and_loads_from_the_hub(tmp_path, b
         assert "adapter-from-hub-ok" in loaded.stdout
     finally:
         hub.stop()
+
+
+def test_dropout_given_for_a_fine_tuning_run_replaces_the_base_models(tmp_path, base):
+    assert json.loads((base / "config.json").read_text())["resid_pdrop"] == 0.0
+    (tmp_path / "a").mkdir()
+    train(lora_args(tmp_path / "a", base, dropout=0.1, use_peft="false", max_steps=1, save_steps=100,
+                    eval_steps=100))
+    config = json.loads((tmp_path / "a" / "run" / "config.json").read_text())
+    assert config["resid_pdrop"] == config["embd_pdrop"] == config["attn_pdrop"] == 0.1
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "run")
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    (tmp_path / "b").mkdir()
+    train(lora_args(tmp_path / "b", base, use_peft="false", max_steps=1, save_steps=100, eval_steps=100))
+    assert json.loads((tmp_path / "b" / "run" / "config.json").read_text())["resid_pdrop"] == 0.0  # the base's

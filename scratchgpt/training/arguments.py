@@ -36,7 +36,9 @@ class ModelArguments:
     n_head: int | None = field(default=None, metadata={"help": "attention heads (overrides the preset)"})
     n_inner: int | None = field(default=None, metadata={"help": "MLP width (overrides the preset)"})
     n_positions: int | None = field(default=None, metadata={"help": "context length (overrides the preset)"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on embeddings, attention and residuals"})
+    dropout: float | None = field(default=None, metadata={
+        "help": "dropout on embeddings, attention and residuals (default: 0.0 for a new model; a model from "
+                "model_name_or_path keeps its own unless this is given)"})
     activation_function: str = field(default="gelu", metadata={"help": "'gelu' (exact) or 'gelu_new' (tanh)"})
     tie_word_embeddings: bool = field(default=False, metadata={"help": "share the LM head with the embedding"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "'sdpa', 'eager' or 'flash_attention_2'"})

@@ -65,9 +65,9 @@ def build_config(model_args: ModelArguments, tokenizer) -> ScratchGPTConfig:
         model_args.preset or "tiny",
         **sizes,
         vocab_size=len(tokenizer),
-        resid_pdrop=model_args.dropout,
-        embd_pdrop=model_args.dropout,
-        attn_pdrop=model_args.dropout,
+        resid_pdrop=model_args.dropout or 0.0,
+        embd_pdrop=model_args.dropout or 0.0,
+        attn_pdrop=model_args.dropout or 0.0,
         activation_function=model_args.activation_function,
         tie_word_embeddings=model_args.tie_word_embeddings,
         bos_token_id=tokenizer.bos_token_id,
@@ -83,9 +83,9 @@ def load_base_model(model_args: ModelArguments, source: str) -> tuple[ScratchGPT
     """The model and tokenizer ``model_name_or_path`` names (found at ``source``, from ``resolve_model``), as a
     ScratchGPT model ready to train further.
 
-    Size keys given alongside must agree with the model (``ValueError`` naming each that does not). A tokenizer
-    without our chat tokens (a legacy character or BPE tokenizer) gets them, with the chat template, and the model's
-    embeddings are resized to match; the log says so."""
+    Size keys given alongside must agree with the model (``ValueError`` naming each that does not); ``dropout``,
+    if given, replaces the model's. A tokenizer without our chat tokens (a legacy character or BPE tokenizer) gets
+    them, with the chat template, and the model's embeddings are resized to match; the log says so."""
     name = model_args.model_name_or_path
     kind = AutoConfig.from_pretrained(source).model_type
     if kind == "gpt2":
@@ -116,6 +116,11 @@ def load_base_model(model_args: ModelArguments, source: str) -> tuple[ScratchGPT
         model.config.pad_token_id = tokenizer.pad_token_id
         logger.warning("%s: added the tokens %s and the chat template to its tokenizer; embeddings resized from %d "
                        "to %d", name, ", ".join(missing), before, len(tokenizer))
+    if model_args.dropout is not None:  # the run's own dropout instead of the base's, in the config and the modules
+        model.config.resid_pdrop = model.config.embd_pdrop = model.config.attn_pdrop = model_args.dropout
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = model_args.dropout
     if tokenizer.chat_template == UNMARKED_CHAT_TEMPLATE:  # saved before the assistant markers: same text
         tokenizer.chat_template = CHAT_TEMPLATE
     return model, tokenizer
