@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -269,3 +270,31 @@ def test_dropout_given_for_a_fine_tuning_run_replaces_the_base_models(tmp_path, 
     (tmp_path / "b").mkdir()
     train(lora_args(tmp_path / "b", base, use_peft="false", max_steps=1, save_steps=100, eval_steps=100))
     assert json.loads((tmp_path / "b" / "run" / "config.json").read_text())["resid_pdrop"] == 0.0  # the base's
+
+
+@pytest.mark.slow  # two launches of two processes
+def test_lora_with_assistant_only_loss_under_two_process_ddp(tmp_path, base):
+    from peft import PeftModel
+
+    from .test_training import LAUNCHERS, REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+    def launch(**overrides):
+        args = lora_args(tmp_path, base, save_steps=2, eval_steps=2, **overrides)
+        return subprocess.run([sys.executable, *LAUNCHERS["torchrun"], str(REPO / "train.py"), *args],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
+
+    first = launch(max_steps=4)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoint-4").glob("rng_state_*.pth")) == ["rng_state_0.pth",
+                                                                                      "rng_state_1.pth"]
+    resumed = launch(max_steps=6)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and json.loads((run / "metrics.json").read_text())["global_step"] == 6
+    merged = AutoModelForCausalLM.from_pretrained(run).eval()
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run / "adapter").eval()
+    ids = torch.randint(0, merged.config.vocab_size, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, adapted(ids).logits, atol=1e-5, rtol=0)

@@ -138,6 +138,7 @@ def _check_fine_tuning(model_args: ModelArguments, data_args: DataArguments, tok
         raise ValueError(f"replay_fraction must be in [0, 1), got {data_args.replay_fraction}")
     if model_args.use_peft:
         if base is None:
+            logger.warning("use_peft without model_name_or_path: LoRA adapters on a newly initialised model")
             with torch.device("meta"):  # the module names only: no memory, no random numbers drawn
                 base = ScratchGPTForCausalLM(config)
         lora_settings(base, model_args)
