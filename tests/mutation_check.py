@@ -3,7 +3,7 @@
     .venv/bin/python tests/mutation_check.py            # every mutation; exit status 1 if one goes unnoticed
 
 Each row is (file, exact text, replacement, what it breaks, pytest arguments). The file is restored after each run,
-whatever happens. Not part of `make test` (it runs the selected tests once per mutation, about a minute in all).
+whatever happens. Not part of `make test` (it runs the selected tests once per mutation, a few minutes in all).
 """
 
 import shutil
@@ -15,8 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 MUTATIONS = [
-    ("scratchgpt/data/prepare.py", "n_blocks = len(flat) // block_size\n        yield from",
-     "n_blocks = (len(flat) - 1) // block_size\n        yield from",
+    ("scratchgpt/data/prepare.py", "n_blocks = flat.shape[1] // block_size",
+     "n_blocks = (flat.shape[1] - 1) // block_size",
      "an exact multiple of block_size loses its last block", "tests/test_data_prepare.py -k pack_blocks"),
     ("scratchgpt/tokenization/trainers.py",
      "                size += len(text.encode(\"utf-8\"))\n            else:\n                yield text",
@@ -42,6 +42,20 @@ MUTATIONS = [
      "a long document is cut where its token ids change", "tests/test_data.py -k pieces"),
     ("scratchgpt/data/prepare.py", "backend.encode_special_tokens = True", "backend.encode_special_tokens = False",
      "a literal <|endoftext|> in text becomes the special id", "tests/test_data_prepare.py -k special_token"),
+    ("scratchgpt/data/prepare.py", "        labels[~masks] = -100\n", "",
+     "assistant-only loss trains every token", "tests/test_data_prepare.py -k assistant_masks_of_a_known"),
+    ("scratchgpt/training/run.py", "    training_args.remove_unused_columns = False\n", "",
+     "the Trainer drops the assistant masks before the collator",
+     "tests/test_finetuning.py -k assistant_only_loss_trains"),
+    ("scratchgpt/data/prepare.py", "if len(columns) > 1 and not blocks[1, i].any():", "if False:",
+     "blocks without an assistant token are kept (a batch of them has a loss of 0/0)",
+     "tests/test_data_prepare.py -k left_out"),
+    ("scratchgpt/training/finetuning.py", "    if adapted_head and model.config.tie_word_embeddings:",
+     "    if False:", "LoRA on a tied head is accepted", "tests/test_finetuning.py -k tied_head"),
+    ("scratchgpt/modeling/modeling_scratchgpt.py",
+     "            cache=cache,\n            position_ids=position_ids,\n        )",
+     "            cache=cache,\n            position_ids=None,\n        )",
+     "packed sequences attend across each other", "tests/test_trl.py -k sft"),
 ]
 
 
