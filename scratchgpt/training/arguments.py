@@ -12,12 +12,14 @@ from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.training_args import OptimizerNames
 
 from ..data.sources import DEFAULT_SEPARATOR
 from ..modeling import PRESETS
 
 
-__all__ = ["LORA_TARGET_MODULES", "ModelArguments", "DataArguments", "RunArguments", "parse_args", "parse_duration"]
+__all__ = ["LORA_TARGET_MODULES", "MUON", "ModelArguments", "DataArguments", "RunArguments",
+           "ScratchGPTTrainingArguments", "parse_args", "parse_duration"]
 
 
 LORA_TARGET_MODULES = ("qkv", "out_proj", "fc_in", "fc_out")
@@ -122,6 +124,39 @@ class RunArguments:
                 "when complete"})
 
 
+MUON = "muon"
+
+
+@dataclass
+class ScratchGPTTrainingArguments(TrainingArguments):
+    """transformers' ``TrainingArguments`` plus ``optim: muon`` and Muon's own settings (scratchgpt/training/
+    optimizers.py). transformers validates ``optim`` against its own optimizers, which do not include Muon."""
+
+    optim: str = field(default=TrainingArguments.optim, metadata={  # a str: HfArgumentParser would offer only the enum
+        "help": "the optimizer: 'muon' (Muon on the blocks' matrices, AdamW on embeddings, head, LayerNorms and "
+                "biases), or one of transformers' (adamw_torch, adamw_torch_fused, ...)"})
+    muon_learning_rate: float = field(default=0.02, metadata={
+        "help": "optim muon: Muon's peak learning rate (learning_rate stays AdamW's; the scheduler scales both)"})
+    muon_momentum: float = field(default=0.95, metadata={"help": "optim muon: Muon's momentum (Nesterov)"})
+    muon_weight_decay: float = field(default=0.0, metadata={
+        "help": "optim muon: decoupled weight decay of the Muon matrices (weight_decay applies to AdamW's share)"})
+
+    def __post_init__(self):
+        known = [name.value for name in OptimizerNames]
+        name = getattr(self.optim, "value", self.optim)
+        if name not in (MUON, *known):
+            raise ValueError(f"optim {name!r} is not an optimizer: choose {MUON!r} or one of transformers' "
+                             f"({', '.join(known)})")
+        if name != MUON:
+            return super().__post_init__()
+        if self.muon_learning_rate < 0 or not 0 <= self.muon_momentum < 1 or self.muon_weight_decay < 0:
+            raise ValueError("optim muon: muon_learning_rate and muon_weight_decay must be >= 0 and muon_momentum in "
+                             "[0, 1)")
+        self.optim = OptimizerNames.ADAMW_TORCH  # transformers' own checks see AdamW, Muon's partner
+        super().__post_init__()
+        self.optim = MUON
+
+
 def parse_duration(text: str) -> float:
     """'11h30m', '45m', '90s', '2h' or plain seconds -> seconds."""
     match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
@@ -158,10 +193,10 @@ def _suggest(key: str, known: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, RunArguments, TrainingArguments]:
+def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, RunArguments, ScratchGPTTrainingArguments]:
     """``[CONFIG.yaml] [--key value ...]`` -> the four argument dataclasses. Raises ``ValueError`` (one line) for an
     unknown key (naming the closest valid one), a value of the wrong type, or an unreadable config file."""
-    parser = _Parser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
+    parser = _Parser((ModelArguments, DataArguments, RunArguments, ScratchGPTTrainingArguments))
     known = sorted(action.dest for action in parser._actions if action.dest != "help")
     options = {option for action in parser._actions for option in action.option_strings}
     yaml_argv = []

@@ -34,7 +34,15 @@ from ..tokenization import (
     train_tokenizer,
 )
 from ..tokenization.trainers import BOS_EOS_TOKEN, PAD_TOKEN
-from .arguments import LORA_TARGET_MODULES, DataArguments, ModelArguments, RunArguments, parse_args, parse_duration
+from .arguments import (
+    LORA_TARGET_MODULES,
+    MUON,
+    DataArguments,
+    ModelArguments,
+    RunArguments,
+    parse_args,
+    parse_duration,
+)
 from .callbacks import (
     GracefulStopCallback,
     MirrorCallback,
@@ -45,6 +53,7 @@ from .callbacks import (
 )
 from .checkpoints import latest_complete_checkpoint, list_checkpoints
 from .finetuning import apply_lora, lora_settings, mix_replay, save_adapter
+from .optimizers import muon_optimizer_cls_and_kwargs
 from .report import write_report
 
 
@@ -349,6 +358,10 @@ def main(argv: list[str]) -> dict:
 
 def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments, training_args) -> dict:
     time_budget = parse_duration(run_args.time_budget) if run_args.time_budget else None
+    if training_args.optim == MUON and (training_args.fsdp or training_args.deepspeed):
+        raise ValueError("optim muon does not run under FSDP or DeepSpeed (Muon orthogonalises whole matrices, which "
+                         "they shard across processes): use DDP (torchrun, accelerate launch --multi_gpu) or another "
+                         "optim")
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     tokenizer_path = Path(data_args.tokenizer_path or output_dir / "tokenizer")
@@ -437,6 +450,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         compute_metrics=compute_metrics if eval_dataset is not None else None,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if eval_dataset is not None else None,
         callbacks=callbacks,
+        optimizer_cls_and_kwargs=muon_optimizer_cls_and_kwargs(model, training_args)
+        if training_args.optim == MUON else None,
     )
     try:
         train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
