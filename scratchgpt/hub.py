@@ -67,6 +67,15 @@ def _fine_tuning_line(training: dict, merged: bool = True) -> str:
     return f"- Fine-tuned from {training['base_model']}: {'; '.join(how)}.\n"
 
 
+def _optimizer_words(training: dict) -> str:
+    """The card's words for the optimizer: Muon's share and settings beside AdamW's when ``optim`` was muon."""
+    muon = training.get("muon")
+    if not muon:
+        return f"{training['optimizer']}, peak learning rate {training['learning_rate']}"
+    return (f"Muon on the blocks' matrices (peak learning rate {muon['learning_rate']}, momentum {muon['momentum']}) "
+            f"and AdamW on embeddings, head, LayerNorms and biases (peak learning rate {training['learning_rate']})")
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -127,7 +136,7 @@ def model_card(folder: str | Path, repo_id: str) -> str:
             f"{training['train_tokens']:,} training tokens, "
             f"{training['validation_tokens']:,} validation tokens, blocks of {training['block_size']} tokens.",
             f"- {metrics.get('global_step', '?'):,} steps of {training['tokens_per_step']:,} tokens; "
-            f"{training['optimizer']}, peak learning rate {training['learning_rate']}, {training['lr_scheduler']} "
+            f"{_optimizer_words(training)}, {training['lr_scheduler']} "
             f"schedule with {training['warmup_steps']} warmup steps, weight decay {training['weight_decay']}, "
             f"{training['precision']}, seed {training['seed']}.",
             f"- Hardware: {training['hardware']}; torch {training['torch']}; {hours:.2f} hours of training.",

@@ -360,13 +360,14 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow  # three training processes, one killed part way
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("optim", ["adamw_torch_fused", "muon"])
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, optim, caplog):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    train(tiny_run_args(tmp_path / "a", dropout=0.1))
+    train(tiny_run_args(tmp_path / "a", dropout=0.1, optim=optim))
     reference = final_weights(tmp_path / "a" / "run")
 
-    args = tiny_run_args(tmp_path / "b", dropout=0.1)
+    args = tiny_run_args(tmp_path / "b", dropout=0.1, optim=optim)
     killed = run_script(KILLER.format(at_step=6, signal="SIGKILL"), args, tmp_path)
     assert killed.returncode == -9, killed.stderr[-2000:]
     run = tmp_path / "b" / "run"
@@ -374,8 +375,10 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
     # a save interrupted half-way by the crash
     (run / "checkpoint-6").mkdir()
     (run / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": 6')
+    caplog.set_level("INFO", logger="scratchgpt")
     metrics = train(args)
     assert metrics["global_step"] == 8
+    assert f"resuming from {run / 'checkpoint-4'}" in caplog.text  # a resume, not a fresh start that agrees
     resumed = final_weights(run)
     assert resumed.keys() == reference.keys()
     for name in reference:
@@ -431,8 +434,9 @@ LAUNCHERS = {
 
 
 @pytest.mark.slow  # two launches of two processes each, about 20 s per launcher
-@pytest.mark.parametrize("launcher", list(LAUNCHERS))
-def test_two_process_ddp_on_cpu(tmp_path, launcher):
+@pytest.mark.parametrize("launcher, optim", [("torchrun", "adamw_torch_fused"), ("accelerate", "adamw_torch_fused"),
+                                             ("torchrun", "muon")])
+def test_two_process_ddp_on_cpu(tmp_path, launcher, optim):
     script = tmp_path / "record.py"  # the launchers run a script file
     script.write_text(RECORDER)
     env = {**os.environ, "RECORD_DIR": str(tmp_path), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -442,7 +446,8 @@ def test_two_process_ddp_on_cpu(tmp_path, launcher):
     text.write_text("".join(f"line {i}: {i * i}\n" for i in range(1000)))
 
     def launch(**overrides):
-        args = tiny_run_args(tmp_path, save_steps=2, eval_steps=2, val_fraction=0.2, inputs=str(text), **overrides)
+        args = tiny_run_args(tmp_path, save_steps=2, eval_steps=2, val_fraction=0.2, inputs=str(text), optim=optim,
+                             **overrides)
         return subprocess.run([sys.executable, *LAUNCHERS[launcher], str(script), *args], capture_output=True,
                               text=True, cwd=tmp_path, timeout=600, env=env)
 
@@ -461,6 +466,7 @@ def test_two_process_ddp_on_cpu(tmp_path, launcher):
     resumed = launch(max_steps=6)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr and json.loads((run / "metrics.json").read_text())["global_step"] == 6
+    assert json.loads((run / "metrics.json").read_text())["training"]["optimizer"] == optim
     assert not lock_paths(run)[1].exists()  # rank 0 held the run's lock and let it go; no rank waited on it
 
 

@@ -14,7 +14,7 @@ what this module adds is the split and the plumbing:
 """
 
 import logging
-from collections import ChainMap
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -36,6 +36,26 @@ def hidden_matrices(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
             found += [(f"{block_name}.{name}", parameter) for name, parameter in block.named_parameters()
                       if parameter.ndim == 2 and parameter.requires_grad]
     return found
+
+
+class _States(Mapping):
+    """Both optimizers' per-parameter states, read-only. (A ChainMap would not do: looking a key up in the first
+    optimizer's ``defaultdict`` state adds it there.)"""
+
+    def __init__(self, *states):
+        self.states = states
+
+    def __getitem__(self, parameter):
+        for state in self.states:
+            if parameter in state:
+                return state[parameter]
+        raise KeyError(parameter)
+
+    def __iter__(self):
+        return (parameter for state in self.states for parameter in state)
+
+    def __len__(self):
+        return sum(len(state) for state in self.states)
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
@@ -76,7 +96,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def _link(self) -> None:
         """Expose the two optimizers' own groups and states (again after a load replaced them)."""
         self.param_groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
-        self.state = ChainMap(*(optimizer.state for optimizer in self.optimizers))
+        self.state = _States(*(optimizer.state for optimizer in self.optimizers))
 
     @torch.no_grad()
     def step(self, closure=None):
