@@ -23,6 +23,10 @@ def main() -> int:
     logging.getLogger("scratchgpt").setLevel(logging.INFO if is_main_process else logging.WARNING)
     try:
         metrics = run(sys.argv[1:])
+    except KeyboardInterrupt:  # Ctrl-C before training began (training itself stops at a checkpoint)
+        print("train.py: interrupted; nothing incomplete was left in place: run the same command to start again",
+              file=sys.stderr)
+        return 130
     except Exception as error:
         if (cause := user_error(error)) is None:
             raise  # a bug: keep the traceback

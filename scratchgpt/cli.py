@@ -24,10 +24,11 @@ from .data.cleaning import CLEAN_MODES
 from .data.prepare import prepare_dataset, read_metadata
 from .data.sources import DEFAULT_SEPARATOR, TEXT_DOCUMENTS, iter_document_pieces, iter_documents, iter_texts, \
     resolve_inputs
-from .evaluation import evaluate_documents
+from .evaluation import check_windows, evaluate_documents
 from .errors import one_line, user_error
 from .generation import chat_reply, check_sampling, generate_text
-from .loading import check_safetensors, load_model_and_tokenizer, load_tokenizer, resolve_model
+from .loading import check_safetensors, check_tokenizer_fits, load_model_and_tokenizer, load_tokenizer, \
+    resolve_model
 from .modeling import ScratchGPTForCausalLM
 from .modeling.convert import convert_legacy_checkpoint, from_gpt2, to_gguf, to_gpt2
 from .staging import refuse_existing, staged_output
@@ -69,8 +70,9 @@ def _convert(args: argparse.Namespace) -> None:
         if tokenizer is None:
             raise FileNotFoundError(f"{args.src}: no tokenizer beside the model; GGUF files carry their tokenizer")
         model = ScratchGPTForCausalLM.from_pretrained(args.src)
+        check_tokenizer_fits(model.config, tokenizer, args.src)
         try:
-            path = to_gguf(model, tokenizer, args.dst, args.dtype)
+            path = to_gguf(model, tokenizer, args.dst, args.dtype, name=args.name or Path(args.src).resolve().name)
         except ImportError as error:
             raise ValueError(str(error)) from None
         if model.config.activation_function == "gelu":
@@ -193,6 +195,7 @@ def _chat(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    check_windows(args.block_size, args.stride)  # before the (possibly long) load
     model, tokenizer = load_model_and_tokenizer(args.model)
     documents = iter_documents(args.input, args.text_documents, args.document_separator)
     result = evaluate_documents(model, tokenizer, documents, block_size=args.block_size, stride=args.stride,
@@ -250,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("dst", help="destination folder (must not exist or be empty), or the .gguf file")
     convert.add_argument("--dtype", choices=["f32", "f16", "bf16", "q8_0"], default="f32",
                          help="to-gguf: the matrices' type (default f32; norms and biases stay f32)")
+    convert.add_argument("--name", default=None,
+                         help="to-gguf: the model's name in the file (general.name; default: the source folder's name)")
     convert.set_defaults(handler=_convert)
 
     tokenizer = commands.add_parser("tokenizer", help="train a tokenizer")
@@ -324,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.handler(args)
+    except KeyboardInterrupt:
+        print(f"scratchgpt {args.command}: interrupted; nothing incomplete was left in place", file=sys.stderr)
+        return 130
     except Exception as error:
         if (cause := user_error(error)) is None:
             raise  # a bug: keep the traceback

@@ -24,7 +24,7 @@ from .generation import context_length
 from .metrics import metric_path
 
 
-__all__ = ["token_nll", "evaluate_documents", "evaluate_text"]
+__all__ = ["check_windows", "token_nll", "evaluate_documents", "evaluate_text"]
 
 
 @torch.no_grad()
@@ -52,16 +52,25 @@ def token_nll(model: PreTrainedModel, ids: torch.Tensor, block_size: int, stride
     return nll
 
 
+def check_windows(block_size: int | None, stride: int | None) -> None:
+    """Raise ``ValueError`` (one line) for a window length or stride that cannot be used (None means the default)."""
+    if block_size is not None and block_size < 2:
+        raise ValueError(f"block_size must be at least 2, got {block_size}")
+    if stride is not None and not 1 <= stride <= (block_size or stride):
+        raise ValueError(f"stride must be between 1 and the block size, got {stride}")
+
+
 def evaluate_documents(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, documents: Iterable[Document],
                        block_size: int | None = None, stride: int | None = None, show_progress: bool = False) -> dict:
     """Perplexity, bits per byte and counts for ``documents`` (strings or conversations), tokenized as for training
     (see the module docstring for the windowing). Bytes are those of the texts (conversations as rendered by the
     chat template); the ``<|endoftext|>`` after each document is scored but has no bytes."""
+    check_windows(block_size, stride)
     context = context_length(model)
-    block_size = block_size or context
+    block_size = block_size if block_size is not None else context
     if context is not None and block_size > context:
         raise ValueError(f"block_size {block_size} is larger than the model context {context}")
-    stride = stride or block_size
+    stride = stride if stride is not None else block_size
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no end-of-text (eos) token to separate documents")
     documents = list(documents)

@@ -8,6 +8,7 @@ message is encoded as those characters, never as the special id (only the chat t
 """
 
 import logging
+import math
 import threading
 from collections.abc import Iterator
 
@@ -38,11 +39,12 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
     """Raise ``ValueError`` (one line naming the setting) for a value generation cannot use."""
     problems = [
         (max_new_tokens < 1, f"max_new_tokens must be at least 1, got {max_new_tokens}"),
-        (temperature < 0, f"temperature must be >= 0 (0 for greedy decoding), got {temperature}"),
+        (not 0 <= temperature < math.inf, f"temperature must be a finite number >= 0 (0 for greedy decoding), got "
+                                          f"{temperature}"),
         (top_k is not None and top_k < 0, f"top_k must be >= 0 (0 for no top-k filter), got {top_k}"),
         (top_p is not None and not 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}"),
-        (repetition_penalty is not None and repetition_penalty <= 0,
-         f"repetition_penalty must be > 0 (1 for none), got {repetition_penalty}"),
+        (repetition_penalty is not None and not 0 < repetition_penalty < math.inf,
+         f"repetition_penalty must be a finite number > 0 (1 for none), got {repetition_penalty}"),
     ]
     for wrong, message in problems:
         if wrong:
@@ -61,7 +63,13 @@ def _prompt_ids(tokenizer, prompt: str | list[dict[str, str]]) -> torch.Tensor:
     the chat template with the assistant's turn opened."""
     if isinstance(prompt, str):
         # verbose=False: a prompt longer than the context is expected; it is cut to fit in _generate
-        return tokenizer(prompt, return_tensors="pt", split_special_tokens=True, verbose=False).input_ids
+        ids = tokenizer(prompt, return_tensors="pt", split_special_tokens=True, verbose=False).input_ids
+        if ids.shape[1] == 0:  # an empty prompt: start a new text, after the start-of-text token as in training
+            start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+            if start is None:
+                raise ValueError("the prompt is empty and the tokenizer has no start-of-text token to begin with")
+            ids = torch.tensor([[start]])
+        return ids
     if not tokenizer.chat_template:
         raise ValueError("this model's tokenizer has no chat template; use `generate` instead")
     return torch.tensor([encode_chats(tokenizer, [prompt], add_generation_prompt=True)[0]])

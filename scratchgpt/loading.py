@@ -8,14 +8,17 @@ transformers reads them, so a truncated ``model.safetensors`` or a corrupt ``tok
 traceback.
 """
 
+import hashlib
 import json
 import os
+import pickle
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 
-__all__ = ["check_safetensors", "check_json", "resolve_model", "load_tokenizer", "load_model_and_tokenizer"]
+__all__ = ["check_safetensors", "check_json", "check_model_folder", "check_tokenizer_fits", "resolve_model",
+           "load_tokenizer", "load_model_and_tokenizer", "vocabulary_fingerprint"]
 
 HUB_TIMEOUT_S = 10
 
@@ -87,19 +90,75 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
         raise ValueError(f"{path}: cannot be loaded as a tokenizer ({str(error).splitlines()[0]})") from None
 
 
+def check_model_folder(folder: str | Path) -> None:
+    """Raise ``ValueError`` naming the file unless every weight and JSON file of a local model folder is readable
+    (a truncated ``model.safetensors``, a corrupt ``config.json``), before transformers reads them."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: not a model folder (no config.json)")
+    for weights in sorted(folder.glob("*.safetensors")):
+        check_safetensors(weights)
+    for file_name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if (folder / file_name).is_file():
+            check_json(folder / file_name)
+
+
+def vocabulary_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of the tokenizer's vocabulary (token -> id): what decides which embedding row each id means."""
+    vocabulary = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    return hashlib.sha256(vocabulary.encode("utf-8")).hexdigest()
+
+
+def check_tokenizer_fits(config, tokenizer: PreTrainedTokenizerBase, where: str) -> None:
+    """Raise ``ValueError`` (one line naming ``where``) unless ``tokenizer`` can be this model's: every id it
+    produces has an embedding row; a ScratchGPT model has exactly one row per token (train.py builds it so); and
+    where the model records the vocabulary it was trained with (``tokenizer_vocab_hash`` in config.json, written
+    by train.py), the tokenizer has that vocabulary: a character tokenizer beside BPE weights of a size that happens
+    to fit is refused instead of producing garbage."""
+    ids, rows = len(tokenizer), config.vocab_size
+    if ids > rows or (config.model_type == "scratchgpt" and ids != rows):
+        raise ValueError(f"{where}: the tokenizer has {ids:,} ids and the model's embedding {rows:,} rows: it is not "
+                         f"this model's tokenizer")
+    recorded = getattr(config, "tokenizer_vocab_hash", None)
+    if recorded and recorded != vocabulary_fingerprint(tokenizer):
+        raise ValueError(f"{where}: the tokenizer's vocabulary is not the one this model was trained with: put the "
+                         f"run's own tokenizer beside the model")
+
+
+def _shape_mismatch(source: str) -> str:
+    """Which config sizes disagree with the weights' shapes (read from the safetensors headers only)."""
+    from safetensors import safe_open
+
+    config = json.loads((Path(source) / "config.json").read_text(encoding="utf-8")) if Path(source).is_dir() else {}
+    rows = {"wte.weight": ("vocab_size", 0), "wpe.weight": ("n_positions", 0)}
+    found = []
+    for weights in sorted(Path(source).glob("*.safetensors")):
+        with safe_open(str(weights), framework="pt") as handle:
+            for key in handle.keys():
+                for suffix, (field, axis) in rows.items():
+                    if key.endswith(suffix) and config.get(field) != handle.get_slice(key).get_shape()[axis]:
+                        found.append(f"{field} {config.get(field)} there, {handle.get_slice(key).get_shape()[axis]} "
+                                     f"in {weights.name}")
+    return "; ".join(found) or "the tensor shapes differ from what its sizes give"
+
+
 def load_model_and_tokenizer(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM (in eval mode) and its tokenizer from a local folder or a Hub id."""
+    """A causal LM (in eval mode) and its tokenizer from a local folder or a Hub id, checked against each other
+    (``check_tokenizer_fits``) and the config against the weights."""
     source = resolve_model(name)
-    folder = Path(source)
-    if folder.is_dir():
-        for weights in sorted(folder.glob("*.safetensors")):
-            check_safetensors(weights)
-        for file_name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-            if (folder / file_name).is_file():
-                check_json(folder / file_name)
+    if Path(source).is_dir():
+        check_model_folder(source)
     try:
         model = AutoModelForCausalLM.from_pretrained(source).eval()
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
         raise ValueError(f"{name}: cannot be loaded ({str(error).splitlines()[0]})") from None
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) refused objects that are not tensors
+        raise ValueError(f"{name}: its pytorch_model.bin holds Python objects besides tensors; refused, not "
+                         f"unpickled (it could run code). Use a model saved as safetensors") from None
+    except RuntimeError as error:
+        if "ignore_mismatched_sizes" not in str(error):
+            raise
+        raise ValueError(f"{name}: config.json does not describe these weights ({_shape_mismatch(source)})") from None
+    check_tokenizer_fits(model.config, tokenizer, name)
     return model, tokenizer

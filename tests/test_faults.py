@@ -245,18 +245,22 @@ def test_a_name_that_could_be_a_hub_id_is_looked_up_once(tmp_path, capsys, monke
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("--temperature", "-1", "temperature must be >= 0"),
+    ("--temperature", "-1", "temperature must be a finite number >= 0"),
+    ("--temperature", "inf", "temperature must be a finite number >= 0"),  # sampled random tokens, exit 0
+    ("--temperature", "nan", "temperature must be a finite number >= 0"),
     ("--top-p", "0", "top_p must be in (0, 1]"),
     ("--top-p", "1.5", "top_p must be in (0, 1]"),
+    ("--top-p", "nan", "top_p must be in (0, 1]"),
     ("--top-k", "-3", "top_k must be >= 0"),
-    ("--repetition-penalty", "0", "repetition_penalty must be > 0"),
+    ("--repetition-penalty", "0", "repetition_penalty must be a finite number > 0"),
+    ("--repetition-penalty", "nan", "repetition_penalty must be a finite number > 0"),
     ("--max-new-tokens", "0", "max_new_tokens must be at least 1"),
 ])
-def test_bad_generation_settings_are_refused(tmp_path, capsys, option, value, message):
-    folder = saved_model(tmp_path / "model")
+def test_bad_generation_settings_are_refused_before_the_model_loads(tmp_path, capsys, option, value, message):
     for subcommand in ("generate", "chat"):
         extra = ["--prompt", "hi"] if subcommand == "generate" else []
-        assert cli([subcommand, str(folder), option, value, *extra]) == 1
+        # a model folder that does not exist: the setting is refused first, without waiting for a load
+        assert cli([subcommand, str(tmp_path / "no-such-model"), option, value, *extra]) == 1
         [line] = error_lines(capsys.readouterr().err)
         assert message in line
 

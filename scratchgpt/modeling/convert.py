@@ -16,31 +16,11 @@ from ..tokenization import generation_eos_token_ids, load_legacy_tokenizer
 
 from .configuration_scratchgpt import ScratchGPTConfig
 from .modeling_scratchgpt import ScratchGPTForCausalLM
+from .weight_names import GPT2_NAMES, expand
 
 
 __all__ = ["to_gpt2", "to_gguf", "from_gpt2", "load_legacy_checkpoint", "legacy_config", "convert_legacy_checkpoint"]
 
-
-# (ScratchGPT name, GPT-2 name, stored transposed by GPT-2's Conv1D); {i} is the layer index.
-_GPT2_NAMES = [
-    ("model.wte.weight", "transformer.wte.weight", False),
-    ("model.wpe.weight", "transformer.wpe.weight", False),
-    ("model.layers.{i}.ln_1.weight", "transformer.h.{i}.ln_1.weight", False),
-    ("model.layers.{i}.ln_1.bias", "transformer.h.{i}.ln_1.bias", False),
-    ("model.layers.{i}.attn.qkv.weight", "transformer.h.{i}.attn.c_attn.weight", True),
-    ("model.layers.{i}.attn.qkv.bias", "transformer.h.{i}.attn.c_attn.bias", False),
-    ("model.layers.{i}.attn.out_proj.weight", "transformer.h.{i}.attn.c_proj.weight", True),
-    ("model.layers.{i}.attn.out_proj.bias", "transformer.h.{i}.attn.c_proj.bias", False),
-    ("model.layers.{i}.ln_2.weight", "transformer.h.{i}.ln_2.weight", False),
-    ("model.layers.{i}.ln_2.bias", "transformer.h.{i}.ln_2.bias", False),
-    ("model.layers.{i}.mlp.fc_in.weight", "transformer.h.{i}.mlp.c_fc.weight", True),
-    ("model.layers.{i}.mlp.fc_in.bias", "transformer.h.{i}.mlp.c_fc.bias", False),
-    ("model.layers.{i}.mlp.fc_out.weight", "transformer.h.{i}.mlp.c_proj.weight", True),
-    ("model.layers.{i}.mlp.fc_out.bias", "transformer.h.{i}.mlp.c_proj.bias", False),
-    ("model.ln_f.weight", "transformer.ln_f.weight", False),
-    ("model.ln_f.bias", "transformer.ln_f.bias", False),
-    ("lm_head.weight", "lm_head.weight", False),
-]
 
 # (ScratchGPT name, legacy name); the original project used nn.Linear throughout, so nothing is transposed.
 _LEGACY_NAMES = [
@@ -62,17 +42,6 @@ _LEGACY_NAMES = [
     ("model.ln_f.bias", "ln_f.bias"),
     ("lm_head.weight", "head.weight"),
 ]
-
-
-def _expand(table: list[tuple], n_layer: int) -> list[tuple]:
-    """Instantiate the per-layer rows of a name table for layers 0 .. n_layer-1."""
-    rows = []
-    for row in table:
-        if "{i}" in row[0]:
-            rows.extend(tuple(c.format(i=i) if isinstance(c, str) else c for c in row) for i in range(n_layer))
-        else:
-            rows.append(row)
-    return rows
 
 
 def _shared_config_fields(config) -> dict:
@@ -99,11 +68,11 @@ def _transfer(source, target, names: list[tuple[str, str, bool]]):
 def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
     """An equivalent transformers ``GPT2LMHeadModel`` (same logits), loadable anywhere without remote code."""
     gpt2 = GPT2LMHeadModel(GPT2Config(**_shared_config_fields(model.config)))
-    return _transfer(model, gpt2, _expand(_GPT2_NAMES, model.config.n_layer))
+    return _transfer(model, gpt2, expand(GPT2_NAMES, model.config.n_layer))
 
 
 def to_gguf(model: ScratchGPTForCausalLM, tokenizer: PreTrainedTokenizerFast, path: str | Path,
-            dtype: str = "f32") -> Path:
+            dtype: str = "f32", name: str | None = None) -> Path:
     """A GGUF file for llama.cpp's gpt2 architecture (see ``gguf_export``); needs the ``gguf`` package
     (``pip install -e ".[gguf]"``)."""
     try:
@@ -112,7 +81,7 @@ def to_gguf(model: ScratchGPTForCausalLM, tokenizer: PreTrainedTokenizerFast, pa
         raise ImportError('GGUF export needs the gguf package: pip install -e ".[gguf]"') from None
     from .gguf_export import to_gguf as write_gguf
 
-    return write_gguf(model, tokenizer, path, dtype)
+    return write_gguf(model, tokenizer, path, dtype, name)
 
 
 def from_gpt2(gpt2: GPT2LMHeadModel) -> ScratchGPTForCausalLM:
@@ -126,7 +95,7 @@ def from_gpt2(gpt2: GPT2LMHeadModel) -> ScratchGPTForCausalLM:
         used = ", ".join(name for name, on in unsupported.items() if on)
         raise ValueError(f"GPT-2 model uses {used}, which ScratchGPT does not implement")
     model = ScratchGPTForCausalLM(ScratchGPTConfig(**_shared_config_fields(gpt2.config)))
-    return _transfer(gpt2, model, [(theirs, ours, t) for ours, theirs, t in _expand(_GPT2_NAMES, gpt2.config.n_layer)])
+    return _transfer(gpt2, model, [(theirs, ours, t) for ours, theirs, t in expand(GPT2_NAMES, gpt2.config.n_layer)])
 
 
 def legacy_config(legacy: dict) -> ScratchGPTConfig:
@@ -189,7 +158,7 @@ def load_legacy_checkpoint(path: str | Path) -> ScratchGPTForCausalLM:
         raise ValueError(f"{folder / 'pytorch_model.bin'}: holds a {type(state).__name__}, not a state dict")
     state = {k.removeprefix("_orig_mod."): v for k, v in state.items() if not k.endswith("causal_mask")}
 
-    rows = _expand(_LEGACY_NAMES, config.n_layer)
+    rows = expand(_LEGACY_NAMES, config.n_layer)
     expected = {legacy_name for _, legacy_name in rows}
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:

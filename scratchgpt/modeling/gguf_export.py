@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .convert import _GPT2_NAMES, _expand
+from .weight_names import GPT2_NAMES, expand
 from .modeling_scratchgpt import ScratchGPTForCausalLM
+from ..errors import write_failure
 from ..tokenization import plain_chat_template
 
 
@@ -66,7 +67,7 @@ def _tensors(model: ScratchGPTForCausalLM) -> list[tuple[str, np.ndarray]]:
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2, config.n_layer)
     state = model.state_dict()
     tensors = []
-    for ours, theirs, _ in _expand(_GPT2_NAMES, config.n_layer):
+    for ours, theirs, _ in expand(GPT2_NAMES, config.n_layer):
         if ours == "lm_head.weight" and config.tie_word_embeddings:
             continue
         name = names.get_name(theirs, try_suffixes=(".weight", ".bias"))
@@ -93,11 +94,13 @@ def _encode(array: np.ndarray, dtype: str):
 
 
 def to_gguf(model: ScratchGPTForCausalLM, tokenizer: PreTrainedTokenizerBase, path: str | Path,
-            dtype: str = "f32") -> Path:
+            dtype: str = "f32", name: str | None = None) -> Path:
     """Write ``model`` and ``tokenizer`` as one GGUF file at ``path`` (written beside it, renamed when complete).
 
-    ``dtype``: ``f32``, ``f16``, ``bf16`` or ``q8_0`` for the matrices. Raises ``ValueError`` (one line) for a
-    tokenizer llama.cpp cannot run, a vocabulary that does not match the model, or an unknown ``dtype``."""
+    ``dtype``: ``f32``, ``f16``, ``bf16`` or ``q8_0`` for the matrices. ``name`` (``general.name``, which llama.cpp
+    and Ollama show) defaults to the base name of the folder the model was loaded from: a published file carries no
+    local path. Raises ``ValueError`` (one line) for a tokenizer llama.cpp cannot run, a vocabulary that does not
+    match the model, or an unknown ``dtype``; a failed write (a full disk) as the ``OSError`` naming ``path``."""
     import gguf
 
     if dtype not in GGUF_DTYPES:
@@ -115,7 +118,7 @@ def to_gguf(model: ScratchGPTForCausalLM, tokenizer: PreTrainedTokenizerBase, pa
     os.close(handle)
     try:
         writer = gguf.GGUFWriter(partial, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GPT2])
-        writer.add_name(getattr(config, "_name_or_path", "") or "scratchgpt")
+        writer.add_name(name or Path(getattr(config, "_name_or_path", "") or "scratchgpt").name or "scratchgpt")
         writer.add_context_length(config.n_positions)
         writer.add_embedding_length(config.n_embd)
         writer.add_feed_forward_length(config.n_inner if config.n_inner is not None else 4 * config.n_embd)
@@ -151,7 +154,10 @@ def to_gguf(model: ScratchGPTForCausalLM, tokenizer: PreTrainedTokenizerBase, pa
         writer.write_tensors_to_file()
         writer.close()
         os.replace(partial, path)
-    except BaseException:
+    except BaseException as error:
         Path(partial).unlink(missing_ok=True)
+        failed = write_failure(error, filename=path)
+        if failed is not None and failed is not error:  # numpy's "N requested and M written" for a full disk
+            raise failed from error
         raise
     return path

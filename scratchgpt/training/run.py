@@ -19,12 +19,13 @@ from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedT
 
 from ..data.prepare import collate_blocks, load_prepared, prepare_dataset, read_metadata, tokenizer_fingerprint
 from ..data.sources import iter_document_pieces, iter_texts
-from ..loading import resolve_model
+from ..errors import write_failure
+from ..loading import check_model_folder, check_tokenizer_fits, resolve_model, vocabulary_fingerprint
 from ..locking import exclusive_folder
 from ..metrics import metric_path
 from ..modeling import PRESETS, ScratchGPTConfig, ScratchGPTForCausalLM
 from ..modeling.convert import from_gpt2
-from ..staging import staged_output
+from ..staging import staged_output, usual_permissions
 from ..tokenization import (
     CHAT_TEMPLATE,
     SPECIAL_TOKENS,
@@ -96,6 +97,8 @@ def load_base_model(model_args: ModelArguments, source: str) -> tuple[ScratchGPT
     if given, replaces the model's. A tokenizer without our chat tokens (a legacy character or BPE tokenizer) gets
     them, with the chat template, and the model's embeddings are resized to match; the log says so."""
     name = model_args.model_name_or_path
+    if Path(source).is_dir():
+        check_model_folder(source)  # a truncated model.safetensors is named, not a traceback
     kind = AutoConfig.from_pretrained(source).model_type
     if kind == "gpt2":
         model = from_gpt2(GPT2LMHeadModel.from_pretrained(source))
@@ -111,6 +114,7 @@ def load_base_model(model_args: ModelArguments, source: str) -> tuple[ScratchGPT
     if disagree:
         raise ValueError(f"{name}: {'; '.join(disagree)}: leave the size keys out when starting from a model")
     tokenizer = AutoTokenizer.from_pretrained(source)
+    check_tokenizer_fits(model.config, tokenizer, name)
     missing = [token for token in SPECIAL_TOKENS if token not in tokenizer.get_vocab()]
     if missing:
         before = len(tokenizer)
@@ -259,18 +263,6 @@ def _finished_run(output_dir: Path, checkpoint: Path | None, max_steps: int) -> 
         return None
 
 
-def _is_write_failure(error: RuntimeError) -> bool:
-    """Whether ``torch.save`` failed to write (it raises RuntimeError, not OSError, when a write fails)."""
-    chain, seen = error, 0
-    while chain is not None and seen < 8:
-        text = str(chain)
-        if any(mark in text for mark in ("PytorchStreamWriter failed", "iostream error", "unexpected pos",
-                                         "inline_container")):
-            return True
-        chain, seen = chain.__cause__ or chain.__context__, seen + 1
-    return False
-
-
 def _save_final_model(trainer: Trainer, output_dir: Path) -> None:
     """``trainer.save_model`` (weights, config with auto_map, model code, generation config, tokenizer) into a
     staging folder, then each file renamed into ``output_dir``, the weights last: a save that fails part way (a full
@@ -282,11 +274,22 @@ def _save_final_model(trainer: Trainer, output_dir: Path) -> None:
         trainer.save_model(str(staging))
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, RuntimeError) and _is_write_failure(error):
-            raise OSError(f"{output_dir}: the final model could not be written ({str(error).splitlines()[0]}); the "
-                          f"disk may be full; the checkpoints are kept") from error
-        raise
+        failed = write_failure(error)
+        if failed is None:
+            raise
+        step = trainer.state.global_step
+        checkpoint = latest_complete_checkpoint(output_dir, trainer.args.world_size)
+        if checkpoint is None:
+            kept = ("no checkpoint holds the trained weights (none was saved): free some space and run again, which "
+                    "trains again")
+        elif checkpoint.name == f"checkpoint-{step}":
+            kept = f"the trained weights are in {checkpoint}: free some space and run the same command to save them"
+        else:
+            kept = f"the last complete checkpoint is {checkpoint} (of step {step}): the same command resumes from it"
+        raise OSError(f"{output_dir}: the final model could not be written ({failed.strerror or failed}); the disk "
+                      f"may be full; {kept}") from error
     if trainer.is_world_process_zero():
+        usual_permissions(staging)
         files = sorted(staging.iterdir(), key=lambda f: (f.suffix == ".safetensors" or f.name.endswith(".index.json"),
                                                           f.name))
         for file in files:
@@ -329,6 +332,8 @@ def _training_summary(training_args, data_args: DataArguments, model_args: Model
         "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
         "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
         "optimizer": str(getattr(training_args.optim, "value", training_args.optim)),
+        "muon": {"learning_rate": training_args.muon_learning_rate, "momentum": training_args.muon_momentum,
+                 "weight_decay": training_args.muon_weight_decay} if training_args.optim == MUON else None,
         "seed": training_args.seed,
         "hardware": hardware,
         "torch": torch.__version__,
@@ -358,6 +363,9 @@ def main(argv: list[str]) -> dict:
 
 def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments, training_args) -> dict:
     time_budget = parse_duration(run_args.time_budget) if run_args.time_budget else None
+    if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
+        raise ValueError(f"max_steps {training_args.max_steps} and num_train_epochs {training_args.num_train_epochs}: "
+                         f"this run would train zero steps; set max_steps (e.g. 500) or num_train_epochs above 0")
     if training_args.optim == MUON and (training_args.fsdp or training_args.deepspeed):
         raise ValueError("optim muon does not run under FSDP or DeepSpeed (Muon orthogonalises whole matrices, which "
                          "they shard across processes): use DDP (torchrun, accelerate launch --multi_gpu) or another "
@@ -416,6 +424,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
 
     tokenizer.model_max_length = config.n_positions  # saved with the tokenizer: pipelines truncate to the context
     model = base if base is not None else ScratchGPTForCausalLM(config)
+    model.config.tokenizer_vocab_hash = vocabulary_fingerprint(tokenizer)  # checked wherever the model is loaded
     model.set_attn_implementation(model_args.attn_implementation)
     model.generation_config.eos_token_id = generation_eos_token_ids(tokenizer) or None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -455,11 +464,12 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     )
     try:
         train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except RuntimeError as error:
-        if not _is_write_failure(error):
+    except Exception as error:
+        failed = write_failure(error)
+        if failed is None or failed is error:  # not a write, or an OSError that names its file already
             raise
         free = shutil.disk_usage(output_dir).free / 2**20
-        raise OSError(f"{output_dir}: a checkpoint could not be written ({str(error).splitlines()[0]}); the disk may "
+        raise OSError(f"{output_dir}: a checkpoint could not be written ({failed.strerror or failed}); the disk may "
                       f"be full ({free:,.0f} MB free) or a file-size limit reached; the incomplete checkpoint is "
                       f"skipped when the run resumes") from error
     if stopper.reason is not None:
