@@ -72,6 +72,42 @@ def test_long_documents_stream_in_pieces_that_tokenize_like_the_whole(tmp_path, 
     assert [i for piece, _ in pieces for i in tokenizer(piece, add_special_tokens=False).input_ids] == whole
 
 
+ONE_LINE = "".join(f"word{i}, {'and  ' if i % 3 else ''}ünï\tcödé 😀 'tis {i * 7}!! " for i in range(200)) + "end"
+
+
+@pytest.mark.parametrize("mode, separator", [("file", None), ("paragraph", None), ("separator", "<| x |>")])
+def test_a_file_that_is_one_long_line_streams_in_pieces_that_tokenize_like_the_whole(tmp_path, monkeypatch, mode,
+                                                                                       separator):
+    monkeypatch.setattr(sources, "PIECE_CHARS", 40)
+    text = ONE_LINE.replace("word50,", "word50, <| x |>") if separator else ONE_LINE
+    path = write(tmp_path / "a.txt", text)
+    pieces = list(iter_document_pieces([path], mode, separator or "<|endoftext|>"))
+    assert len(pieces) > 20 and max(len(piece) for piece, _ in pieces) < 200  # bounded, not one 10 kB piece
+    documents = text.split(separator) if separator else [text]
+    assert list(iter_documents([path], mode, separator or "<|endoftext|>")) == documents
+    for piece, ends_document in pieces:  # cut only before spaces or tabs that follow a non-space character
+        assert ends_document or piece[-1] not in " \t"
+    tokenizer = tiny_tokenizer()
+    whole = [i for document in documents for i in tokenizer(document, add_special_tokens=False).input_ids]
+    assert [i for piece, _ in pieces for i in tokenizer(piece, add_special_tokens=False).input_ids] == whole
+
+
+def test_a_long_line_without_spaces_is_still_read_in_bounded_pieces(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(sources, "PIECE_CHARS", 40)
+    monkeypatch.setattr(sources, "_HARD_CUT_CHARS", 400)
+    text = "数据" * 2000
+    pieces = list(iter_document_pieces([write(tmp_path / "a.txt", text)]))
+    assert "".join(piece for piece, _ in pieces) == text and max(len(piece) for piece, _ in pieces) <= 800
+    assert "without a space or tab to cut at" in caplog.text
+
+
+def test_invalid_utf8_inside_a_long_line_names_the_line_and_byte(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "PIECE_CHARS", 40)
+    path = write(tmp_path / "a.txt", b"ok\n" + ("x" * 100 + " ").encode() * 3 + b"\xff rest\n")
+    with pytest.raises(ValueError, match=r"a.txt:2: not valid UTF-8 \(invalid start byte at byte 304 of the line\)"):
+        list(iter_document_pieces([path]))
+
+
 def test_jsonl_text_and_messages(tmp_path):
     records = [{"text": "plain"}, {"messages": [{"role": "user", "content": "hi"},
                                                 {"role": "assistant", "content": "hello"}]}]

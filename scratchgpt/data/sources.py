@@ -25,9 +25,12 @@ style pre-tokenizer) and a character tokenizer give the same ids for the pieces 
 single-file corpus streams with bounded memory and still tokenizes exactly as one document.
 """
 
+import codecs
 import glob
 import json
+import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -56,6 +59,8 @@ PIECE_CHARS = 8192  # small enough that a tokenizing batch of 1,000 records stay
 
 Document = str | list[dict[str, str]]
 
+logger = logging.getLogger(__name__)
+
 
 def resolve_inputs(paths: Iterable[str]) -> list[str]:
     """Expand folders and glob patterns into files; raise for anything missing, empty or of an unknown kind."""
@@ -83,17 +88,69 @@ def resolve_inputs(paths: Iterable[str]) -> list[str]:
     return files
 
 
-def _lines(path: str) -> Iterator[tuple[int, str]]:
-    """(line number, line) pairs of a UTF-8 file, each line with its line end exactly as written. Lines are decoded
-    one at a time so invalid UTF-8 is reported with its exact line and byte column."""
+# A line longer than this many characters is read in parts (see _lines); one with no place to cut for this long is
+# cut anyway, so that memory stays bounded whatever the file
+_HARD_CUT_CHARS = 64 * PIECE_CHARS
+_MID_LINE_CUTS = re.compile(r"(?<=\S)(?=[ \t]+\S)")
+
+
+def _mid_line_cut(text: str, separator: str | None) -> int | None:
+    """The last place in ``text`` to cut a long line: before a run of spaces or tabs that follows a non-space
+    character and precedes one (a pre-token boundary of GPT-2's byte-level BPE, and of course of a character
+    tokenizer; see ``_safe_cut``), and not inside an occurrence of ``separator``."""
+    # a separator that crosses the cut lies whole within the text when the cut is that far from its end
+    last = len(text) - len(separator) + 1 if separator else len(text)
+    for match in reversed(list(_MID_LINE_CUTS.finditer(text, 0, max(last, 0)))):
+        cut = match.start()
+        if not separator or not any(start < cut < start + len(separator) for start in
+                                    _occurrences(text, separator, cut - len(separator) + 1, cut)):
+            return cut
+    return None
+
+
+def _occurrences(text: str, separator: str, first: int, last: int):
+    start = text.find(separator, max(first, 0))
+    while start != -1 and start <= last:
+        yield start
+        start = text.find(separator, start + 1)
+
+
+def _lines(path: str, cut_long_lines: bool = False, separator: str | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, text) pairs of a UTF-8 file, each line with its line end exactly as written. With
+    ``cut_long_lines`` (plain text; a JSON line must stay whole), a line longer than ``PIECE_CHARS`` comes in several
+    parts (same line number), cut by ``_mid_line_cut`` (at the latest after ``_HARD_CUT_CHARS`` characters), so a
+    file that is one 10 GB line is read in bounded memory. Decoding is incremental, so invalid UTF-8 is reported
+    with its exact line and byte column."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line_number, offset, pending = 1, 0, ""  # offset: bytes of this line read so far
     with open(path, "rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
+        while True:
+            raw = handle.readline(PIECE_CHARS)
+            held_back = len(decoder.getstate()[0])  # bytes of a character cut by the previous read
             try:
-                line = raw.decode("utf-8")
+                pending += decoder.decode(raw, final=not raw or raw.endswith(b"\n"))
             except UnicodeDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid UTF-8 ({error.reason} at byte {error.start + 1} "
-                                 f"of the line); re-encode the file as UTF-8") from None
-            yield line_number, line
+                raise ValueError(f"{path}:{line_number}: not valid UTF-8 ({error.reason} at byte "
+                                 f"{offset - held_back + error.start + 1} of the line); re-encode the file as "
+                                 f"UTF-8") from None
+            offset += len(raw)
+            if not raw or raw.endswith(b"\n"):
+                if pending:
+                    yield line_number, pending
+                if not raw:
+                    return
+                line_number, offset, pending = line_number + 1, 0, ""
+                continue
+            if cut_long_lines and len(pending) > PIECE_CHARS:
+                cut = _mid_line_cut(pending, separator)
+                if cut is None and len(pending) > _HARD_CUT_CHARS:
+                    logger.warning("%s:%d: %s characters without a space or tab to cut at; cut there (the tokens "
+                                   "at the cut may differ from those of the whole line)", path, line_number,
+                                   f"{len(pending):,}")
+                    cut = len(pending) - 1
+                if cut:
+                    yield line_number, pending[:cut]
+                    pending = pending[cut:]
 
 
 # A text segment, and what follows it: None (the document goes on), _END (the document ends) or _END_TRIM (the
@@ -102,7 +159,7 @@ _END, _END_TRIM = "end", "end-trim"
 
 
 def _text_segments(path: str, text_documents: str, separator: str) -> Iterator[tuple[str, str | None]]:
-    lines = (line for _, line in _lines(path))
+    lines = (line for _, line in _lines(path, True, separator if text_documents == "separator" else None))
     if text_documents == "file":
         yield from ((line, None) for line in lines)
         yield "", _END
@@ -134,9 +191,14 @@ def _text_segments(path: str, text_documents: str, separator: str) -> Iterator[t
 
 def _safe_cut(before: str, after: str) -> bool:
     """Whether a document may be cut between ``before`` and ``after`` without changing its token ids (see the module
-    docstring): ``before`` ends a line with a non-space character and ``after`` starts with one."""
-    return (len(before) >= 2 and before[-1] == "\n" and not before[-2].isspace()
-            and after[:1] != "" and not after[0].isspace())
+    docstring): ``before`` ends a line with a non-space character and ``after`` starts with one; or, between the
+    parts of a long line (``_lines``), ``before`` ends with a non-space character and ``after`` starts with the
+    spaces or tabs before the next one. GPT-2's pre-tokenizer always starts a new pre-token at such a place and
+    looks at nothing before it, and a character tokenizer has no context at all."""
+    between_lines = (len(before) >= 2 and before[-1] == "\n" and not before[-2].isspace()
+                     and after[:1] != "" and not after[0].isspace())
+    inside_a_line = before[-1:] != "" and not before[-1].isspace() and after[:1] in (" ", "\t")
+    return between_lines or inside_a_line
 
 
 def _text_pieces(path: str, text_documents: str, separator: str) -> Iterator[tuple[str, bool]]:
@@ -144,7 +206,7 @@ def _text_pieces(path: str, text_documents: str, separator: str) -> Iterator[tup
     size, continued = 0, False
     for text, end in _text_segments(path, text_documents, separator):
         if text:
-            if size >= PIECE_CHARS and _safe_cut(buffer[-1], text):
+            if size >= PIECE_CHARS and (_safe_cut(buffer[-1], text) or size >= _HARD_CUT_CHARS):
                 yield "".join(buffer), False
                 buffer, size, continued = [], 0, True
             buffer.append(text)
