@@ -1,5 +1,6 @@
 """Every row of the README's fault catalogue: what a user sees (one line, a non-zero exit) and what is kept."""
 
+import copy
 import errno
 import itertools
 import json
@@ -380,3 +381,204 @@ def test_a_text_file_that_is_one_line_prepares_in_the_memory_of_one_with_line_br
     # measured here: about the same; a 20 MB line read whole took several times the memory
     print(peaks)
     assert peaks["one_line"] < 1.2 * peaks["lines"] + 50, peaks
+
+
+# --- a model and a tokenizer that do not belong together, or files that are not what they say -------------------
+
+
+def test_a_config_that_does_not_describe_the_weights_is_one_line(tmp_path, capsys):
+    for field, value in (("n_positions", 128), ("vocab_size", 400)):
+        folder = saved_model(tmp_path / field)
+        config = json.loads((folder / "config.json").read_text())
+        weights_have = config[field]
+        (folder / "config.json").write_text(json.dumps({**config, field: value}))
+        assert cli(["generate", str(folder), "--prompt", "hi", "--max-new-tokens", "2"]) == 1
+        [line] = error_lines(capsys.readouterr().err)
+        assert f"config.json does not describe these weights ({field} {value} there, {weights_have} in " \
+               f"model.safetensors)" in line
+
+
+def bigger_tokenizer(extra: int):
+    bigger = copy.deepcopy(tiny_tokenizer())  # the shared one stays as it is
+    bigger.add_tokens([f"extra{i}" for i in range(extra)])
+    return bigger
+
+
+@pytest.mark.parametrize("extra, words", [(100, "the tokenizer has 400 ids and the model's embedding 300 rows"),
+                                          (-1, "the tokenizer has 47 ids and the model's embedding 300 rows")])
+def test_a_tokenizer_of_another_size_is_refused_everywhere_a_model_is_loaded(tmp_path, capsys, extra, words):
+    folder = saved_model(tmp_path / "model")
+    if extra > 0:  # ids past the embedding: an IndexError before
+        bigger_tokenizer(extra).save_pretrained(folder)
+    else:  # a 47-id character tokenizer: fine-tuning with one trained and saved before
+        from scratchgpt.tokenization import train_char_tokenizer
+
+        (folder / "tokenizer.json").unlink()
+        train_char_tokenizer(["abcdefghijklmnopqrstuvwxyz ,.!?ABCDEFGHI"]).save_pretrained(folder)
+    assert cli(["generate", str(folder), "--prompt", "hi", "--max-new-tokens", "2"]) == 1
+    assert words in error_lines(capsys.readouterr().err)[0]
+    (tmp_path / "new.txt").write_text(SAMPLE_TEXT)
+    args = tiny_run_args(tmp_path, inputs=str(tmp_path / "new.txt"), model_name_or_path=str(folder))
+    sizes = {"--preset", "--n_layer", "--n_embd", "--n_head", "--n_inner", "--n_positions"}
+    args = [a for i, a in enumerate(args) if a not in sizes and (i == 0 or args[i - 1] not in sizes)]
+    with pytest.raises(ValueError, match=words.replace("(", r"\(")):
+        train(args)
+    assert not (tmp_path / "run" / "data").exists()  # refused before any data was prepared
+
+
+def test_a_tokenizer_with_another_vocabulary_of_the_same_size_is_refused(tmp_path, capsys):
+    # a run records its tokenizer's vocabulary; a character tokenizer beside BPE weights gave garbage, silently
+    metrics = train(tiny_run_args(tmp_path, max_steps=2, save_steps=100))
+    run = Path(metrics["output_dir"])
+    assert cli(["generate", str(run), "--prompt", "Hi", "--max-new-tokens", "2", "--temperature", "0"]) == 0
+    from tokenizers import Tokenizer
+
+    tokenizer_json = json.loads((run / "tokenizer.json").read_text())
+    vocab = tokenizer_json["model"]["vocab"]
+    a, b = [token for token in vocab if len(token) == 1 and token.isalpha()][:2]
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # same size, two characters swapped
+    Tokenizer.from_str(json.dumps(tokenizer_json)).save(str(run / "tokenizer.json"))
+    assert cli(["generate", str(run), "--prompt", "Hi", "--max-new-tokens", "2"]) == 1
+    assert "the tokenizer's vocabulary is not the one this model was trained with" in \
+        error_lines(capsys.readouterr().err)[0]
+
+
+def test_a_folder_with_only_a_pickled_bin_is_refused_in_one_line(tmp_path, capsys):
+    folder = saved_model(tmp_path / "model")
+    state = ScratchGPTForCausalLM.from_pretrained(folder).state_dict()
+    (folder / "model.safetensors").unlink()
+
+    class Payload:  # what a malicious pickle would carry; weights_only loading refuses to build it
+        def __reduce__(self):
+            return (print, ("the payload ran",))
+
+    torch.save({**state, "extra": Payload()}, folder / "pytorch_model.bin")
+    assert cli(["generate", str(folder), "--prompt", "hi", "--max-new-tokens", "2"]) == 1
+    captured = capsys.readouterr()
+    [line] = error_lines(captured.err)
+    assert "pytorch_model.bin holds Python objects besides tensors; refused, not unpickled" in line
+    assert "the payload ran" not in captured.out + captured.err and "Traceback" not in captured.err
+
+
+def test_train_py_names_a_truncated_base_model(tmp_path):
+    folder = saved_model(tmp_path / "model")
+    truncate(folder / "model.safetensors")
+    (tmp_path / "new.txt").write_text(SAMPLE_TEXT)
+    result = command([sys.executable, str(REPO / "train.py"), "--model_name_or_path", str(folder), "--inputs",
+                      str(tmp_path / "new.txt"), "--output_dir", str(tmp_path / "run"), "--use_cpu", "true"], tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = error_lines(result.stderr)
+    assert "model.safetensors: not a readable safetensors file" in line
+
+
+def disk_full_on_safetensors(monkeypatch, where: str) -> None:
+    """safetensors 0.8's own error for a full disk, when writing weights under a folder named ``where``."""
+    import transformers.modeling_utils as modeling_utils
+    from safetensors import SafetensorError
+
+    original = modeling_utils.safe_save_file
+
+    def save(tensors, filename, *args, **kwargs):
+        if where in str(filename):
+            Path(filename).write_bytes(b"\0" * 64)
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return original(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", save)
+
+
+@pytest.mark.parametrize("checkpoints", [True, False])
+def test_a_final_save_on_a_full_disk_says_where_the_trained_weights_are(tmp_path, monkeypatch, checkpoints):
+    disk_full_on_safetensors(monkeypatch, ".final-model.staging")
+    args = tiny_run_args(tmp_path, **({} if checkpoints else {"save_strategy": "no"}))
+    with pytest.raises(OSError) as raised:
+        train(args)
+    run = tmp_path / "run"
+    line = str(raised.value)
+    assert line.startswith(f"{run}: the final model could not be written (No space left on device)")
+    if checkpoints:
+        assert f"the trained weights are in {run / 'checkpoint-8'}: free some space and run the same command" in line
+        monkeypatch.undo()
+        assert train(args)["global_step"] == 8  # the retry saves the checkpoint's weights, without a 9th step
+        from safetensors.torch import load_file
+
+        saved, kept = load_file(run / "model.safetensors"), load_file(run / "checkpoint-8" / "model.safetensors")
+        assert all(torch.equal(saved[name], kept[name]) for name in kept)
+    else:
+        assert "no checkpoint holds the trained weights" in line
+    assert not (run / ".final-model.staging").exists()
+
+
+def test_convert_on_a_full_disk_in_safetensors_words_is_one_line(tmp_path, capsys, monkeypatch):
+    disk_full_on_safetensors(monkeypatch, "gpt2")
+    assert cli(["convert", "to-gpt2", str(saved_model(tmp_path / "model")), str(tmp_path / "gpt2")]) == 1
+    [line] = error_lines(capsys.readouterr().err)
+    assert f"{tmp_path / 'gpt2'}: No space left on device (free some space" in line
+    assert not (tmp_path / "gpt2").exists()
+
+
+def test_to_gguf_on_a_full_disk_names_the_file(tmp_path):
+    result = command([sys.executable, "-m", "scratchgpt.cli", "convert", "to-gguf",
+                      str(saved_model(tmp_path / "model")), str(tmp_path / "model.gguf")], tmp_path,
+                     file_size_limit=20_000)
+    [line] = error_lines(result.stderr)
+    assert result.returncode == 1 and f"{tmp_path / 'model.gguf'}: " in line and "requested and" not in line
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.partial"))
+
+
+@pytest.mark.parametrize("entry", ["prepare", "train.py"])
+def test_ctrl_c_during_data_preparation_is_one_line(tmp_path, entry):
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    (tmp_path / "a.txt").write_text(SAMPLE_TEXT * 2000)
+    script = ("import os, signal, sys, runpy\nimport scratchgpt.data.prepare as p\noriginal = p.pack_blocks\n"
+              "def interrupted(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT)\n    return original(*a, **k)\n"
+              "p.pack_blocks = interrupted\n")
+    if entry == "prepare":
+        script += ("from scratchgpt.cli import main\nsys.exit(main(['prepare', '--tokenizer', sys.argv[1], '--input', "
+                   "sys.argv[2], '--block-size', '8', '--output', sys.argv[3]]))")
+        args = [str(tmp_path / "tok"), str(tmp_path / "a.txt"), str(tmp_path / "data")]
+    else:
+        script += "sys.argv = ['train.py', *sys.argv[1:]]\nrunpy.run_path(sys.argv[0].replace('train.py', " \
+                  f"{str(REPO / 'train.py')!r}), run_name='__main__')"
+        args = tiny_run_args(tmp_path, inputs=str(tmp_path / "a.txt"), prepared_data=str(tmp_path / "data"))
+    result = command([sys.executable, "-c", script, *args], tmp_path)
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "interrupted; nothing incomplete was left in place" in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_run_that_would_train_zero_steps_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="max_steps -1 and num_train_epochs 0.0: this run would train zero steps"):
+        train(tiny_run_args(tmp_path, max_steps=-1, num_train_epochs=0))
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("option, message", [("--stride", "stride must be between 1 and the block size, got 0"),
+                                             ("--block-size", "block_size must be at least 2, got 0")])
+def test_evaluate_refuses_a_zero_window_before_loading(tmp_path, capsys, option, message):
+    (tmp_path / "a.txt").write_text(SAMPLE_TEXT)
+    assert cli(["evaluate", str(tmp_path / "no-such-model"), "--input", str(tmp_path / "a.txt"), option, "0"]) == 1
+    assert message in error_lines(capsys.readouterr().err)[0]  # stride 0 silently became 128 before
+
+
+def test_an_empty_prompt_starts_a_new_text(tmp_path, capsys):
+    folder = saved_model(tmp_path / "model")
+    assert cli(["generate", str(folder), "--prompt", "", "--max-new-tokens", "5", "--no-stream", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.strip()  # a traceback before (a reshape of 0 elements)
+
+
+def test_tokenizer_training_names_the_file_of_a_bad_record(tmp_path, capsys):
+    for content in ('{"body": "a"}\n', '{"text": 5}\n'):
+        (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n' * 3000 + content)
+        assert cli(["tokenizer", "train", "--input", str(tmp_path / "a.jsonl"), "--output", str(tmp_path / "t")]) == 1
+        assert f"{tmp_path / 'a.jsonl'}:3001: expected an object with a 'text' string" in \
+            error_lines(capsys.readouterr().err)[0]
+
+
+def test_saved_weights_have_the_usual_permissions(tmp_path):
+    train(tiny_run_args(tmp_path, max_steps=2, save_steps=100))
+    assert cli(["convert", "to-gpt2", str(tmp_path / "run"), str(tmp_path / "gpt2")]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for weights in (tmp_path / "run" / "model.safetensors", tmp_path / "gpt2" / "model.safetensors"):
+        assert weights.stat().st_mode & 0o777 == 0o666 & ~umask  # safetensors' own temporary file is 0600

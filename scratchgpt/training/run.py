@@ -15,7 +15,15 @@ from pathlib import Path
 
 import evaluate
 import torch
-from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerBase, Trainer, set_seed
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerState,
+    set_seed,
+)
 
 from ..data.prepare import collate_blocks, load_prepared, prepare_dataset, read_metadata, tokenizer_fingerprint
 from ..data.sources import iter_document_pieces, iter_texts
@@ -297,6 +305,24 @@ def _save_final_model(trainer: Trainer, output_dir: Path) -> None:
         shutil.rmtree(staging)
 
 
+def _at_last_step(checkpoint: Path | None, max_steps: int) -> bool:
+    if checkpoint is None or max_steps <= 0:
+        return False
+    return json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"] >= max_steps
+
+
+def _load_last_checkpoint(trainer: Trainer, checkpoint: Path) -> dict:
+    """Put the trainer where a finished ``trainer.train`` would leave it, from a checkpoint at the run's last step:
+    its state, and the weights of that checkpoint or, with ``load_best_model_at_end``, of the best one."""
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint
+    chosen = best if trainer.args.load_best_model_at_end and best and Path(best).is_dir() else str(checkpoint)
+    logger.info("%s is at the run's last step (%d): saving the final model from %s, without training", checkpoint,
+                trainer.state.global_step, chosen)
+    trainer._load_from_checkpoint(chosen)
+    return {}
+
+
 def _training_summary(training_args, data_args: DataArguments, model_args: ModelArguments, block_size: int,
                       data: dict, replay=None) -> dict:
     """How the run was trained, for metrics.json and the model card."""
@@ -463,7 +489,12 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         if training_args.optim == MUON else None,
     )
     try:
-        train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if _at_last_step(resume_from, training_args.max_steps):
+            # the run trained to the end, and its final save failed: transformers 5.24 resumed at max_steps trains
+            # one step more, so the last checkpoint (or the best, with load_best_model_at_end) is loaded instead
+            train_metrics = _load_last_checkpoint(trainer, resume_from)
+        else:
+            train_metrics = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
     except Exception as error:
         failed = write_failure(error)
         if failed is None or failed is error:  # not a write, or an OSError that names its file already
@@ -477,7 +508,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
                        stopper.reason)
         return {"stopped": stopper.reason, "global_step": trainer.state.global_step}
 
-    metrics = {**train_result.metrics, "global_step": trainer.state.global_step,
+    metrics = {**train_metrics, "global_step": trainer.state.global_step,
                "train_runtime_total": clock.total_seconds()}  # every invocation of the run, not only this one
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
