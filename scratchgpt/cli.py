@@ -216,7 +216,10 @@ def _demo(args: argparse.Namespace) -> None:
         raise ValueError('the web demo needs gradio: pip install -e ".[demo]"') from None
     for name in args.model:
         resolve_model(name)  # a missing folder or unknown id fails here, before the server starts
-    launch(args.model, host=args.host, port=args.port, share=args.share)
+    if args.max_queue is not None and args.max_queue < 1:
+        raise ValueError(f"--max-queue must be at least 1, got {args.max_queue}")
+    queue = {"max_queue": args.max_queue} if args.max_queue is not None else {}
+    launch(args.model, host=args.host, port=args.port, share=args.share, **queue)
 
 
 def _add_text_options(command: argparse.ArgumentParser) -> None:
@@ -310,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     demo.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860, or the next free one)")
     demo.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    demo.add_argument("--max-queue", type=int, default=None, metavar="N",
+                      help="requests that may wait for the model (default 32); past that, 'Queue is full' at once")
     demo.set_defaults(handler=_demo)
 
     evaluate = commands.add_parser("evaluate", help="sliding-window perplexity and bits per byte on held-out text")
