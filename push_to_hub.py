@@ -24,7 +24,11 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the files and the model card; upload nothing")
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
     parser.add_argument("--include", nargs="*", default=[], metavar="PATTERN",
-                        help="extra files to upload (e.g. 'optimizer.pt'); by default only the model files go")
+                        help="extra files to upload (e.g. 'optimizer.pt'); by default only the model files go. "
+                             "Files that look like secrets (.env, *token*, id_rsa*, .git*, *.pem) stay home unless "
+                             "--include-sensitive is given too")
+    parser.add_argument("--include-sensitive", action="store_true",
+                        help="let --include patterns match files that look like secrets (off by default)")
     parser.add_argument("--base-model", default=None, metavar="NAMESPACE/NAME",
                         help="for a LoRA adapter folder (<output_dir>/adapter): the Hub id of its base model")
     parser.add_argument("--space", default=None, metavar="NAMESPACE/SPACE",
@@ -33,7 +37,8 @@ def main() -> int:
     try:
         result = push_folder(args.folder, args.repo_id, token=args.token, private=args.private,
                              revision=args.revision, commit_message=args.commit_message, include=args.include,
-                             dry_run=args.dry_run, base_model=args.base_model)
+                             dry_run=args.dry_run, base_model=args.base_model,
+                             include_sensitive=args.include_sensitive)
         space = push_space(args.space, [args.repo_id], token=args.token, private=args.private,
                            dry_run=args.dry_run) if args.space else None
     except Exception as error:

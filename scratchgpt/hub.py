@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - depends on the installed huggingface_h
     from httpx import TransportError
 
 
-__all__ = ["ADAPTER_FILES", "ALLOWED_FILES", "select_files", "model_card", "push_folder", "push_space"]
+__all__ = ["ADAPTER_FILES", "ALLOWED_FILES", "SENSITIVE_FILES", "select_files", "model_card", "push_folder", "push_space"]
 
 ALLOWED_FILES = [
     "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
@@ -36,11 +36,35 @@ ADAPTER_FILES = ["adapter_model.safetensors", "tokenizer.json", "tokenizer_confi
                  "chat_template.jinja"]
 
 
-def select_files(folder: str | Path, include: list[str] = ()) -> list[Path]:
-    """The files of ``folder`` that are published: the allow-list plus any ``include`` glob patterns."""
+# files that hold secrets rather than a model: an --include pattern does not reach them without include_sensitive
+SENSITIVE_FILES = [".env", ".env.*", "*token*", "id_rsa*", "id_ed25519*", ".git*", "*.pem", "*.key", ".netrc"]
+
+
+def _check_inside(folder: Path, files: list[Path]) -> list[Path]:
+    """``files``, unless one is a symbolic link that leads out of ``folder``: then ``ValueError`` naming it (an
+    allow-listed name linked to a file elsewhere would publish that file)."""
+    root = folder.resolve()
+    for path in files:
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise ValueError(f"{path}: a symbolic link to {path.resolve()}, outside {folder}; refusing to publish it "
+                             f"(copy the file into the folder if it belongs there)")
+    return files
+
+
+def select_files(folder: str | Path, include: list[str] = (), include_sensitive: bool = False) -> list[Path]:
+    """The files of ``folder`` that are published: the allow-list plus any ``include`` glob patterns, except what
+    looks like a secret (``SENSITIVE_FILES``: only with ``include_sensitive``). A symbolic link out of the folder is
+    refused (``ValueError``)."""
     folder = Path(folder)
-    patterns = [*ALLOWED_FILES, *include]
-    return sorted(p for p in folder.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns))
+
+    def chosen(name: str) -> bool:
+        if any(fnmatch.fnmatch(name, pattern) for pattern in ALLOWED_FILES):
+            return True
+        if not any(fnmatch.fnmatch(name, pattern) for pattern in include):
+            return False
+        return include_sensitive or not any(fnmatch.fnmatch(name.lower(), pattern) for pattern in SENSITIVE_FILES)
+
+    return _check_inside(folder, sorted(p for p in folder.iterdir() if p.is_file() and chosen(p.name)))
 
 
 def _check_model_folder(folder: Path) -> dict:
@@ -197,7 +221,8 @@ not for anything that matters.
 
 def push_folder(folder: str | Path, repo_id: str, token: str | None = None, private: bool = False,
                 revision: str | None = None, commit_message: str | None = None, include: list[str] = (),
-                dry_run: bool = False, retries: int = 3, base_model: str | None = None) -> dict:
+                dry_run: bool = False, retries: int = 3, base_model: str | None = None,
+                include_sensitive: bool = False) -> dict:
     """Create ``repo_id`` if needed and upload the selected files and a model card in one commit.
 
     A LoRA adapter folder (``adapter_config.json``; train.py's ``<output_dir>/adapter``) is published as a PEFT
@@ -213,7 +238,7 @@ def push_folder(folder: str | Path, repo_id: str, token: str | None = None, priv
         card, files, generated = _adapter_upload(folder, repo_id, base_model)
     else:
         card, generated = model_card(folder, repo_id), {}
-        files = [p for p in select_files(folder, include) if p.name != "README.md"]
+        files = [p for p in select_files(folder, include, include_sensitive) if p.name != "README.md"]
     listing = [(p.name, p.stat().st_size) for p in files] + [(name, len(data)) for name, data in generated.items()]
     listing.append(("README.md", len(card.encode("utf-8"))))
     if dry_run:
@@ -265,7 +290,7 @@ tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
 `model.merge_and_unload()` gives a plain model of the base's kind.
 """
     card = ModelCard.from_template(card_data, template_str="---\n{{ card_data }}\n---\n" + body).content
-    files = sorted(p for p in folder.iterdir() if p.name in ADAPTER_FILES)
+    files = _check_inside(folder, sorted(p for p in folder.iterdir() if p.name in ADAPTER_FILES))
     generated = {"adapter_config.json": (json.dumps(config, indent=2) + "\n").encode("utf-8")}
     return card, files, generated
 

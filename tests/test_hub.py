@@ -127,3 +127,36 @@ def test_network_failure_after_retries(trained, tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(ConnectionError, match="could not upload to me/tiny after 3 attempts"):
         push_folder(trained, "me/tiny", token=TOKEN)
+
+
+def copy_model(trained, folder: Path) -> Path:
+    import shutil
+
+    shutil.copytree(trained, folder, ignore=shutil.ignore_patterns("checkpoint-*", "runs"))
+    return folder
+
+
+def test_a_symlink_out_of_the_folder_is_never_followed(trained, tmp_path, capsys):
+    folder = copy_model(trained, tmp_path / "model")
+    (tmp_path / "secret.txt").write_text("not for the Hub")
+    (folder / "merges.txt").symlink_to(tmp_path / "secret.txt")  # an allow-listed name
+    with pytest.raises(ValueError, match=r"merges.txt: a symbolic link to .*secret.txt, outside .*model; refusing"):
+        push_folder(folder, "me/tiny", dry_run=True)
+    (folder / "merges.txt").unlink()
+    (folder / "merges.txt").symlink_to(folder / "tokenizer.json")  # a link inside the folder is fine
+    assert "merges.txt" in {name for name, _ in push_folder(folder, "me/tiny", dry_run=True)["files"]}
+
+
+def test_secrets_stay_home_unless_asked_for_twice(trained, tmp_path):
+    folder = copy_model(trained, tmp_path / "model")
+    for name in (".env", "hf_token", "id_rsa", ".gitconfig", "server.pem", "notes.txt"):
+        (folder / name).write_text("x")
+    names = {p.name for p in select_files(folder, include=["*"])}
+    assert "notes.txt" in names and "tokenizer.json" in names and "tokenizer_config.json" in names
+    assert not names & {".env", "hf_token", "id_rsa", ".gitconfig", "server.pem"}
+    everything = {p.name for p in select_files(folder, include=["*"], include_sensitive=True)}
+    assert {".env", "hf_token", "id_rsa", ".gitconfig", "server.pem"} <= everything
+    result = subprocess.run([sys.executable, str(REPO / "push_to_hub.py"), str(folder), "me/tiny", "--dry-run",
+                             "--include", "*"], capture_output=True, text=True, env={**os.environ,
+                                                                                     "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0 and "notes.txt" in result.stdout and "hf_token" not in result.stdout
