@@ -27,7 +27,7 @@ from .data.sources import DEFAULT_SEPARATOR, TEXT_DOCUMENTS, iter_document_piece
 from .evaluation import check_windows, evaluate_documents
 from .errors import one_line, user_error
 from .generation import chat_reply, check_sampling, generate_text
-from .loading import check_safetensors, check_tokenizer_fits, load_model_and_tokenizer, load_tokenizer, \
+from .loading import check_model_folder, check_tokenizer_fits, load_model_and_tokenizer, load_tokenizer, \
     resolve_model
 from .modeling import ScratchGPTForCausalLM
 from .modeling.convert import convert_legacy_checkpoint, from_gpt2, to_gguf, to_gpt2
@@ -48,10 +48,7 @@ def save_model_folder(model: PreTrainedModel, dst: str, tokenizer: PreTrainedTok
 
 def _require_model_folder(src: str, model_type: str | None = None) -> None:
     """Fail early, in one line, unless ``src`` is a local model folder (of ``model_type``, when given)."""
-    if not (Path(src) / "config.json").is_file():
-        raise FileNotFoundError(f"{src}: not a model folder (no config.json)")
-    for weights in sorted(Path(src).glob("*.safetensors")):
-        check_safetensors(weights)
+    check_model_folder(src)
     found = AutoConfig.from_pretrained(src, trust_remote_code=False).model_type if model_type else None
     if found != model_type:
         raise ValueError(f"{src}: holds a {found!r} model, expected {model_type!r}")

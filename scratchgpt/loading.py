@@ -130,15 +130,14 @@ def _shape_mismatch(source: str) -> str:
     from safetensors import safe_open
 
     config = json.loads((Path(source) / "config.json").read_text(encoding="utf-8")) if Path(source).is_dir() else {}
-    rows = {"wte.weight": ("vocab_size", 0), "wpe.weight": ("n_positions", 0)}
+    fields = {"wte.weight": "vocab_size", "wpe.weight": "n_positions"}  # the size each table's rows give
     found = []
     for weights in sorted(Path(source).glob("*.safetensors")):
         with safe_open(str(weights), framework="pt") as handle:
             for key in handle.keys():
-                for suffix, (field, axis) in rows.items():
-                    if key.endswith(suffix) and config.get(field) != handle.get_slice(key).get_shape()[axis]:
-                        found.append(f"{field} {config.get(field)} there, {handle.get_slice(key).get_shape()[axis]} "
-                                     f"in {weights.name}")
+                field = next((f for suffix, f in fields.items() if key.endswith(suffix)), None)
+                if field is not None and config.get(field) != (rows := handle.get_slice(key).get_shape()[0]):
+                    found.append(f"{field} {config.get(field)} there, {rows} in {weights.name}")
     return "; ".join(found) or "the tensor shapes differ from what its sizes give"
 
 
