@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scratchgpt.data import prepare as prepare_module
 from scratchgpt.data.prepare import (
@@ -314,10 +316,31 @@ def test_many_documents_split_by_document(tmp_path):
     metadata = read_metadata(tmp_path / "out")
     assert metadata["split_method"] == "document"
     assert (metadata["splits"]["train"]["documents"], metadata["splits"]["validation"]["documents"]) == (24, 6)
-    # below MIN_DOCUMENTS_TO_SPLIT documents, the tail of the stream instead
-    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:prepare_module.MIN_DOCUMENTS_TO_SPLIT - 1]))
-    prepare_dataset(tokenizer(), [str(path)], tmp_path / "out2", block_size=8, val_fraction=0.2)
-    assert read_metadata(tmp_path / "out2")["split_method"] == "tail"
+    # from exactly MIN_DOCUMENTS_TO_SPLIT documents by document; below it, the tail of the stream instead
+    for n_documents, method in ((prepare_module.MIN_DOCUMENTS_TO_SPLIT, "document"),
+                                (prepare_module.MIN_DOCUMENTS_TO_SPLIT - 1, "tail")):
+        path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:n_documents]))
+        prepare_dataset(tokenizer(), [str(path)], tmp_path / f"out{n_documents}", block_size=8, val_fraction=0.2)
+        assert read_metadata(tmp_path / f"out{n_documents}")["split_method"] == method, n_documents
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_documents=st.integers(1, 60), val_fraction=st.floats(0, 0.5), seed=st.integers(0, 2**32 - 1))
+def test_a_document_split_holds_out_whole_documents_only_when_there_are_enough(n_documents, val_fraction, seed):
+    """The rule of the document split: from MIN_DOCUMENTS_TO_SPLIT documents on (and a non-empty share), exactly
+    round(n * val_fraction) distinct documents are held out, the same for the same seed; otherwise none (the tail)."""
+    from datasets import Dataset
+
+    # records of documents 0..n-1, each in one to three pieces
+    pieces = [document for document in range(n_documents) for _ in range(1 + document % 3)]
+    held_out = prepare_module._validation_documents(Dataset.from_dict({"document": pieces}), val_fraction, seed)
+    expected = round(n_documents * val_fraction)
+    if n_documents < prepare_module.MIN_DOCUMENTS_TO_SPLIT or expected == 0:
+        assert held_out is None
+    else:
+        assert len(set(held_out.tolist())) == len(held_out) == expected and set(held_out.tolist()) <= set(pieces)
+        again = prepare_module._validation_documents(Dataset.from_dict({"document": pieces}), val_fraction, seed)
+        assert np.array_equal(held_out, again)
 
 
 def test_separator_and_paragraph_modes(tmp_path):

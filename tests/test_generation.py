@@ -1,3 +1,4 @@
+import pytest
 import torch
 from transformers import set_seed
 
@@ -27,6 +28,20 @@ def test_greedy_needs_no_seed():
     model = model_for(tokenizer)
     assert generate_text(model, tokenizer, "Hello", 10, temperature=0) == generate_text(model, tokenizer, "Hello", 10,
                                                                                           temperature=0)
+
+
+def test_top_k_zero_means_no_top_k_filter():
+    """top_k 0 (the documented "no filter", the demo slider's start) samples from the whole vocabulary, exactly as a
+    top_k as large as the vocabulary does; only a negative top_k is refused."""
+    tokenizer = tiny_tokenizer()
+    model = model_for(tokenizer)
+    outputs = {}
+    for top_k in (0, len(tokenizer), 1):
+        set_seed(5)
+        outputs[top_k] = generate_text(model, tokenizer, "The quick", max_new_tokens=20, temperature=2.0, top_k=top_k)
+    assert outputs[0] == outputs[len(tokenizer)] != outputs[1]
+    with pytest.raises(ValueError, match="top_k must be >= 0 \\(0 for no top-k filter\\), got -1"):
+        generate_text(model, tokenizer, "The quick", top_k=-1)
 
 
 def test_long_prompts_keep_their_end_and_fit_the_context():

@@ -178,6 +178,21 @@ def test_corpus_too_small_for_the_vocabulary_is_an_error():
         train_bpe_tokenizer(["tiny corpus"] * 3, vocab_size=5000, show_progress=False)
 
 
+def test_merges_need_two_occurrences_by_default():
+    """A merge seen once is noise: BPE's default min_frequency is 2 in both entry points; the char tokenizer keeps
+    every character it sees (min_frequency 1)."""
+    from scratchgpt.tokenization.trainers import train_tokenizer
+
+    # 19 distinct words, each once: 327 tokens are possible with merges seen once, 268 with merges seen twice
+    texts = ["alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau"]
+    assert len(train_bpe_tokenizer(texts, vocab_size=300, min_frequency=1, show_progress=False)) == 300
+    for train in (lambda: train_bpe_tokenizer(texts, vocab_size=300, show_progress=False),
+                  lambda: train_tokenizer(texts, "bpe", vocab_size=300, show_progress=False)):
+        with pytest.raises(ValueError, match="supports only 268 tokens at min_frequency=2"):
+            train()
+    assert "\N{GREEK SMALL LETTER ALPHA}" in train_tokenizer(["\N{GREEK SMALL LETTER ALPHA}b"], "char").get_vocab()
+
+
 def test_empty_corpus_is_an_error():
     with pytest.raises(ValueError, match="no text"):
         train_bpe_tokenizer(iter([]), vocab_size=300, show_progress=False)
