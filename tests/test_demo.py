@@ -97,6 +97,30 @@ def test_the_stop_button_ends_the_reply(models):
     assert len(stopped) < len(full) and full[-1].startswith(stopped[-1])
 
 
+def test_the_pages_default_settings_are_accepted(models):
+    from scratchgpt.demo import DEFAULTS, _settings
+
+    settings = _settings(**DEFAULTS)  # seed 0, top_k 50, as the page starts
+    assert settings == DEFAULTS
+    assert list(chat(ModelShelf(models), "fresh", [], "Hello", {**settings, "max_new_tokens": 4}))
+    assert _settings(**{**DEFAULTS, "top_k": 0})["top_k"] == 0  # the slider's start: no top-k filter
+
+
+def test_the_history_is_part_of_the_prompt(models):
+    history = [{"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": "Hello Ada."}]
+    shelf = ModelShelf(models)
+    *_, last = chat(shelf, "fresh", history, "What is my name?", SETTINGS)
+    messages = history + [{"role": "user", "content": "What is my name?"}]
+    assert last[:3] == messages
+    model, tokenizer, _ = shelf.get("fresh")
+    torch.manual_seed(SETTINGS["seed"])
+    assert last[3]["content"] == chat_reply(model, tokenizer, messages,
+                                            **{k: v for k, v in SETTINGS.items() if k != "seed"})
+    torch.manual_seed(SETTINGS["seed"])
+    alone = chat_reply(model, tokenizer, messages[-1:], **{k: v for k, v in SETTINGS.items() if k != "seed"})
+    assert last[3]["content"] != alone  # the same message without its history gets another reply
+
+
 @pytest.mark.parametrize("change, message", [
     ({"temperature": -0.5}, "temperature must be a finite number >= 0"), ({"top_p": 0}, "top_p must be in"),
     ({"seed": -1}, "seed must be a whole number"), ({"max_new_tokens": 0}, "max_new_tokens must be at least 1"),

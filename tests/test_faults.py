@@ -23,7 +23,7 @@ from scratchgpt.cli import main as cli
 from scratchgpt.data.prepare import prepare_dataset
 from scratchgpt.data.sources import iter_documents
 from scratchgpt.hub import model_card
-from scratchgpt.locking import exclusive_folder, lock_paths
+from scratchgpt.locking import FolderInUseError, exclusive_folder, lock_paths
 from scratchgpt.training.checkpoints import latest_complete_checkpoint
 from scratchgpt.training.run import main as train
 
@@ -74,7 +74,7 @@ def test_a_second_run_on_the_same_folder_stops_at_once_naming_the_first(tmp_path
             time.sleep(0.2)
         assert holder.exists(), "the first run never took the lock"
         started = time.time()
-        second = command(args, tmp_path)
+        second = command(args, tmp_path, timeout=60)  # a refusal is immediate: a second run that trains times out
         assert second.returncode == 1 and time.time() - started < 60
         [line] = error_lines(second.stderr)
         assert f"run: in use by another training run (host {os.uname().nodename}, PID {first.pid}, started" in line
@@ -103,6 +103,24 @@ def test_prepare_takes_its_output_folder_for_itself(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_lock_is_held_until_the_block_ends(tmp_path):
+    """Held for the whole block, from another lock object or another process, and refused at once (no waiting)."""
+    probe = ("import sys\nfrom scratchgpt.locking import FolderInUseError, exclusive_folder\n"
+             "try:\n    with exclusive_folder(sys.argv[1]):\n        print('taken')\n"
+             "except FolderInUseError as error:\n    print(error)")
+    with exclusive_folder(tmp_path / "x", what="test"):
+        started = time.time()
+        with pytest.raises(FolderInUseError, match=rf"x: in use by another test \(host .*, PID {os.getpid()}, "):
+            with exclusive_folder(tmp_path / "x", what="test"):
+                pass
+        other = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "x")], env=ENV, capture_output=True,
+                               text=True, timeout=30)
+        assert f"PID {os.getpid()}" in other.stdout and time.time() - started < 30, other.stdout + other.stderr
+    other = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "x")], env=ENV, capture_output=True,
+                           text=True, timeout=30)
+    assert other.stdout.strip() == "taken", other.stderr[-2000:]
 
 
 def test_the_lock_is_reentrant_free_and_released_on_error(tmp_path):
@@ -167,6 +185,23 @@ def test_a_final_save_that_fails_part_way_leaves_no_model(tmp_path, monkeypatch)
     run = tmp_path / "run"
     assert not (run / "model.safetensors").exists() and not (run / ".final-model.staging").exists()
     assert latest_complete_checkpoint(run) == run / "checkpoint-8"  # the work is kept in the checkpoints
+
+
+def test_the_final_weights_are_renamed_into_place_last(tmp_path, monkeypatch):
+    """A save cut short between two renames leaves new files beside no weights (or the old ones), never new
+    weights beside an old config: model.safetensors is the last file to arrive."""
+    moved, original = [], os.replace
+
+    def recording_replace(src, dst, *args, **kwargs):
+        if Path(src).parent.name == ".final-model.staging":
+            moved.append(Path(dst).name)
+        return original(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    train(tiny_run_args(tmp_path, max_steps=2, save_steps=100, eval_steps=100))
+    run = tmp_path / "run"
+    assert moved[-1] == "model.safetensors" and {"config.json", "tokenizer.json"} <= set(moved[:-1])
+    assert all((run / name).is_file() for name in moved) and not (run / ".final-model.staging").exists()
 
 
 def test_train_py_reports_a_file_size_limit_in_one_line(tmp_path):

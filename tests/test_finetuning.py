@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from scratchgpt.data.sources import chitchat_conversations
 from scratchgpt.training.arguments import ModelArguments
+from scratchgpt.training.checkpoints import checkpoint_problem
 from scratchgpt.training.finetuning import lora_settings, mix_replay
 from scratchgpt.training.run import main as train
 
@@ -65,6 +68,7 @@ def test_lora_run_saves_an_adapter_and_a_merged_model(tmp_path, base):
     assert metrics["training"]["assistant_only_loss"] is True
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert not (run / "checkpoint-8" / "model.safetensors").exists()  # checkpoints hold the adapter only
+    assert checkpoint_problem(run / "checkpoint-8") is None  # ... and are complete checkpoints to resume from
 
     # the merged model equals the base + adapter, both loaded the way users load them
     merged = AutoModelForCausalLM.from_pretrained(run).eval()
@@ -178,6 +182,27 @@ def test_bad_fine_tuning_settings_are_one_line_errors_and_write_nothing(tmp_path
     assert not (tmp_path / "run").exists() or [p.name for p in (tmp_path / "run").iterdir()] == [".scratchgpt.lock"]
 
 
+@settings(max_examples=10, deadline=None)
+@given(r=st.integers(1, 16), alpha=st.integers(1, 64), dropout=st.floats(0, 0.9),
+       targets=st.sampled_from([["qkv"], ["fc_in", "fc_out"], ["qkv", "out_proj", "fc_in", "fc_out"]]))
+def test_the_adapter_has_the_runs_lora_settings(r, alpha, dropout, targets):
+    """What the run's keys say is what PEFT builds (and saves in adapter_config.json): rank, alpha, dropout, targets,
+    and only the adapters are trained."""
+    from scratchgpt.training.finetuning import apply_lora
+
+    model = AutoModelForCausalLM.from_config(tiny_config())
+    adapted = apply_lora(model, ModelArguments(use_peft=True, lora_r=r, lora_alpha=alpha, lora_dropout=dropout,
+                                               lora_target_modules=targets))
+    config = adapted.peft_config["default"]
+    assert (config.r, config.lora_alpha, config.lora_dropout, set(config.target_modules)) == (r, alpha, dropout,
+                                                                                               set(targets))
+    layers = [m for name, m in adapted.named_modules() if hasattr(m, "lora_A") and name.split(".")[-1] in targets]
+    assert len(layers) == 2 * len(targets)  # every target in both blocks
+    assert all(layer.lora_dropout["default"].p == dropout if dropout else True for layer in layers)
+    trained = {name for name, p in adapted.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in name for name in trained)
+
+
 def test_lora_on_a_tied_head_is_refused():
     tied = AutoModelForCausalLM.from_config(tiny_config(tie_word_embeddings=True))
     for keys in ({"lora_target_modules": ["qkv", "lm_head"]}, {"lora_modules_to_save": ["lm_head"]}):
@@ -190,7 +215,7 @@ def test_lora_on_a_tied_head_is_refused():
 
 
 @pytest.mark.slow  # three training processes, one killed part way
-def test_sigkill_then_rerun_equals_an_uninterrupted_lora_run(tmp_path, base):
+def test_sigkill_then_rerun_equals_an_uninterrupted_lora_run(tmp_path, base, caplog):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     train(lora_args(tmp_path / "a", base, lora_dropout=0.1))
@@ -200,7 +225,10 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_lora_run(tmp_path, base):
     assert killed.returncode == -9, killed.stderr[-2000:]
     run = tmp_path / "b" / "run"
     assert (run / "checkpoint-4" / "adapter_model.safetensors").is_file() and not (run / "adapter").exists()
-    assert train(args)["global_step"] == 8
+    with caplog.at_level("INFO", logger="scratchgpt"):
+        assert train(args)["global_step"] == 8
+    # a restart from step 0 would give the same adapter bitwise: the log tells a resume from a fresh start
+    assert f"resuming from {run / 'checkpoint-4'}" in caplog.text
     resumed = load_file(run / "adapter" / "adapter_model.safetensors")
     assert resumed.keys() == reference.keys()
     for name in reference:

@@ -68,9 +68,11 @@ def test_push_then_load_by_repo_id(trained, hub, tmp_path):
         assert type(model).__module__.startswith("transformers_modules") == remote, type(model).__module__
         ids = torch.load({str(tmp_path / "ids.pt")!r})["ids"]
         torch.save(model(ids).logits, {str(tmp_path)!r} + "/logits_" + sys.argv[1] + ".pt")
-        print(len(tokenizer), tokenizer.decode([7, 8, 9]))
+        chat = [{{"role": "user", "content": "hi"}}, {{"role": "assistant", "content": "hello"}}]
+        with open({str(tmp_path)!r} + "/chat_" + sys.argv[1] + ".txt", "w") as out:
+            out.write(tokenizer.apply_chat_template(chat, tokenize=False))
     """)
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     original = AutoModelForCausalLM.from_pretrained(trained).eval()
     with torch.no_grad():
@@ -80,6 +82,10 @@ def test_push_then_load_by_repo_id(trained, hub, tmp_path):
                                 capture_output=True, text=True, timeout=300, cwd=tmp_path, stdin=subprocess.DEVNULL)
         assert loaded.returncode == 0, loaded.stderr[-3000:]
         torch.testing.assert_close(torch.load(tmp_path / f"logits_{mode}.pt"), expected, atol=0, rtol=0)
+        # transformers 5 keeps the chat template only in chat_template.jinja: a chat model keeps its chat
+        local = AutoTokenizer.from_pretrained(trained).apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], tokenize=False)
+        assert (tmp_path / f"chat_{mode}.txt").read_text() == local and "<|assistant|>" in local
 
 
 def test_dry_run_lists_files_and_card_without_a_token(trained, tmp_path, capsys, monkeypatch):
