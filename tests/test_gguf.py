@@ -90,6 +90,25 @@ def test_metadata_tokenizer_and_tensor_names(tmp_path):
     assert not list(tmp_path.glob(".*partial"))
 
 
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "q8_0"])
+def test_each_tensor_is_stored_in_the_type_its_dtype_gives(tmp_path, dtype):
+    """1-D tensors (norms, biases) stay float32 whatever the dtype, as llama.cpp's own converter keeps them;
+    matrices take the dtype, and fall back to float16 where q8_0's 32-wide blocks do not divide their rows."""
+    torch.manual_seed(0)
+    tok = tokenizer(1000)
+    model = ScratchGPTForCausalLM(ScratchGPTConfig(vocab_size=len(tok), n_positions=32, n_embd=48, n_layer=1,
+                                                   n_head=2, n_inner=96, activation_function="gelu_new"))
+    reader = gguf.GGUFReader(to_gguf(model, tok, tmp_path / "m.gguf", dtype=dtype))
+    types = gguf.GGMLQuantizationType
+    matrix = {"f32": types.F32, "f16": types.F16, "bf16": types.BF16, "q8_0": types.Q8_0}[dtype]
+    for tensor in reader.tensors:
+        rows_of_32 = tensor.shape[0] % 32 == 0  # gguf lists a tensor's shape innermost (a row's length) first
+        expected = (types.F32 if len(tensor.shape) == 1 else
+                    types.F16 if dtype == "q8_0" and not rows_of_32 else matrix)
+        assert tensor.tensor_type == expected, (tensor.name, tensor.shape.tolist(), tensor.tensor_type.name)
+    assert {len(t.shape) for t in reader.tensors} == {1, 2}
+
+
 def test_what_llama_cpp_cannot_run_is_refused_in_one_line(tmp_path, capsys):
     char = train_char_tokenizer(["some text to learn characters from"])
     model = ScratchGPTForCausalLM(ScratchGPTConfig(vocab_size=len(char), n_positions=16, n_embd=32, n_layer=1,
