@@ -155,6 +155,21 @@ def test_replay_mixes_the_asked_fraction_seeded(tmp_path):
     assert mix_replay(train_blocks, replay_blocks, 0.2, seed=4)["input_ids"] != mixed["input_ids"]
 
 
+@settings(max_examples=30, deadline=None)
+@given(n_train=st.integers(1, 60), n_replay=st.integers(1, 20), fraction=st.floats(0.01, 0.9))
+def test_replay_keeps_every_fine_tuning_block_and_spreads_over_the_replay_set(n_train, n_replay, fraction):
+    """Any sizes: every fine-tuning block is kept once; the replay share is the nearest whole number of blocks to
+    the asked fraction; replay blocks are drawn evenly (used n or n+1 times, never one block many times over)."""
+    train_blocks = Dataset.from_dict({"input_ids": [[i] * 2 for i in range(n_train)]})
+    replay_blocks = Dataset.from_dict({"input_ids": [[1000 + i] * 2 for i in range(n_replay)]})
+    mixed = [row[0] for row in mix_replay(train_blocks, replay_blocks, fraction, seed=0)["input_ids"]]
+    assert mixed[:n_train] == list(range(n_train))
+    replayed = mixed[n_train:]
+    assert len(replayed) == round(n_train * fraction / (1 - fraction))
+    uses = [replayed.count(1000 + i) for i in range(n_replay)]
+    assert set(replayed) <= {1000 + i for i in range(n_replay)} and max(uses) - min(uses) <= 1
+
+
 def test_a_run_with_replay_records_it(tmp_path, base):
     metrics = train(lora_args(tmp_path, base, replay_inputs=str(base / "data"), replay_fraction=0.25, max_steps=2,
                               save_steps=100, eval_steps=100))

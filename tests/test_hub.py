@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scratchgpt.hub import model_card, push_folder, select_files
 from scratchgpt.training.run import main as train
@@ -166,3 +168,29 @@ def test_secrets_stay_home_unless_asked_for_twice(trained, tmp_path):
                              "--include", "*"], capture_output=True, text=True, env={**os.environ,
                                                                                      "PYTHONPATH": str(REPO)})
     assert result.returncode == 0 and "notes.txt" in result.stdout and "hf_token" not in result.stdout
+
+
+MODEL_FILES = ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+               "generation_config.json", "modeling_scratchgpt.py", "metrics.json"]
+PRIVATE_FILES = ["optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin",
+                 ".scratchgpt.lock", "notes.txt", "events.out.tfevents.1"]
+SECRET_FILES = [".env", ".env.local", "hf_token", "HF_TOKEN.txt", "id_rsa", "id_ed25519.pub", ".git-credentials",
+                "server.pem", "tls.key", ".netrc"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(present=st.sets(st.sampled_from(MODEL_FILES + PRIVATE_FILES + SECRET_FILES), min_size=1),
+       include=st.sampled_from([[], ["*"], ["*.pt"], ["notes.txt", ".env"]]), sensitive=st.booleans())
+def test_what_is_published_follows_the_allow_list(tmp_path_factory, present, include, sensitive):
+    """For any folder: every model file is published; training state and other files only when included; what
+    looks like a secret only when included and asked for with include_sensitive."""
+    import fnmatch
+
+    folder = tmp_path_factory.mktemp("folder")
+    for name in present:
+        (folder / name).write_text("x")
+    published = {p.name for p in select_files(folder, include=include, include_sensitive=sensitive)}
+    included = {name for name in present if any(fnmatch.fnmatch(name, pattern) for pattern in include)}
+    assert published >= present & set(MODEL_FILES)
+    assert published & set(PRIVATE_FILES) == included & set(PRIVATE_FILES)
+    assert published & set(SECRET_FILES) == (included & set(SECRET_FILES) if sensitive else set())

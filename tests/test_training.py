@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
@@ -160,6 +162,28 @@ def test_every_file_of_a_checkpoint_is_checked(tmp_path, name, damage):
         target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
     assert name in checkpoint_problem(checkpoint)
     assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"  # falls back to the older one
+
+
+@settings(max_examples=25, deadline=None)
+@given(damage=st.lists(st.sampled_from([None, "model.safetensors", "optimizer.pt", "rng_state.pth",
+                                        "trainer_state.json", "adapter_model.safetensors"]), min_size=1, max_size=5))
+def test_the_newest_complete_checkpoint_is_the_one_resumed(tmp_path_factory, damage):
+    """For any run of checkpoints, each whole or damaged (a file cut in half, or a LoRA checkpoint's adapter
+    instead of the model), the one resumed from is the highest-numbered whole one, or none."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("run")
+    for i, damaged in enumerate(damage):
+        checkpoint = complete_checkpoint(folder, step=2 * (i + 1))
+        if damaged == "adapter_model.safetensors":  # a whole LoRA checkpoint: PEFT's file names
+            (checkpoint / "model.safetensors").unlink()
+            save_file({"lora_A": torch.zeros(2, 4)}, checkpoint / damaged)
+            (checkpoint / "adapter_config.json").write_text("{}")
+        elif damaged is not None:
+            (checkpoint / damaged).write_bytes((checkpoint / damaged).read_bytes()[:-9])
+    whole = [i for i, damaged in enumerate(damage) if damaged in (None, "adapter_model.safetensors")]
+    expected = folder / f"checkpoint-{2 * (whole[-1] + 1)}" if whole else None
+    assert latest_complete_checkpoint(folder) == expected
 
 
 def test_every_rank_needs_its_rng_state(tmp_path):
