@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow demo demo-chat install clean
+.PHONY: test test-slow mutation demo demo-chat install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 # The long tests (multi-process DDP, SIGKILL and resume); CI runs them after `make test`.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# Deliberate bugs, one at a time, each of which the named tests must catch (tests/mutation_check.py); a few minutes.
+mutation: $(STAMP)
+	$(BIN)/python tests/mutation_check.py
 
 # Tokenizer, data and a tiny model trained on the chitchat corpus, on CPU; results in runs/demo/.
 demo: $(STAMP)

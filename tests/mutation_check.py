@@ -1,9 +1,10 @@
 """Deliberate bugs, one at a time: each must make the named tests fail (a test that cannot fail proves nothing).
 
-    .venv/bin/python tests/mutation_check.py            # every mutation; exit status 1 if one goes unnoticed
+    make mutation        # or .venv/bin/python tests/mutation_check.py; exit status 1 if one goes unnoticed
 
 Each row is (file, exact text, replacement, what it breaks, pytest arguments). The file is restored after each run,
-whatever happens. Not part of `make test` (it runs the selected tests once per mutation, a few minutes in all).
+whatever happens. Not part of `make test`: `make mutation` runs it (the selected tests once per mutation, a few
+minutes in all), and CI runs it after the slow tests.
 """
 
 import shutil
@@ -56,6 +57,49 @@ MUTATIONS = [
      "            cache=cache,\n            position_ids=position_ids,\n        )",
      "            cache=cache,\n            position_ids=None,\n        )",
      "packed sequences attend across each other", "tests/test_trl.py -k sft"),
+    # the newer modules, each against the test that states its rule
+    ("scratchgpt/training/finetuning.py", '"lora_dropout": model_args.lora_dropout,', '"lora_dropout": 0.0,',
+     "the run's lora_dropout is not the adapter's", "tests/test_finetuning.py -k runs_lora_settings"),
+    ("scratchgpt/demo.py", "int(seed) != seed or seed < 0:", "int(seed) != seed or seed <= 0:",
+     "the page's default seed 0 is refused", "tests/test_demo.py -k default_settings"),
+    ("scratchgpt/demo.py", "messages = _checked_history(history) + [", "messages = [",
+     "the chat history is dropped before generation", "tests/test_demo.py -k history_is_part"),
+    ("scratchgpt/training/run.py", 'key=lambda f: (f.suffix == ".safetensors" or f.name.endswith(".index.json"),',
+     "key=lambda f: (False,", "the final weights are not the last file renamed into place",
+     "tests/test_faults.py -k renamed_into_place"),
+    ("scratchgpt/loading.py", '    folder = Path(folder)\n    if not (folder / "config.json").is_file():',
+     "    folder = Path(folder)\n    if False:", "a model folder without config.json passes the folder check",
+     "tests/test_loading.py -k without_config"),
+    ("scratchgpt/hub.py", '"chat_template.jinja", "vocab.json"', '"vocab.json"',
+     "a pushed chat model loses its chat template", "tests/test_hub.py -k push_then_load"),
+    ("scratchgpt/generation.py", "top_k is not None and top_k < 0,", "top_k is not None and top_k <= 0,",
+     "top_k 0 (no top-k filter) is refused", "tests/test_generation.py -k top_k"),
+    ("scratchgpt/generation.py", "for k, v in sampling.items() if v is not None}", "for k, v in sampling.items() if v}",
+     "top_k 0 falls back to the generation config's top_k 50", "tests/test_generation.py -k top_k"),
+    ("scratchgpt/data/prepare.py", "if len(ids) < MIN_DOCUMENTS_TO_SPLIT", "if len(ids) <= MIN_DOCUMENTS_TO_SPLIT",
+     "a corpus of exactly MIN_DOCUMENTS_TO_SPLIT documents is split by its tail",
+     "tests/test_data_prepare.py -k 'split_by_document or enough'"),
+    ("scratchgpt/tokenization/trainers.py", "    min_frequency: int = 2,", "    min_frequency: int = 1,",
+     "BPE learns merges seen once by default", "tests/test_tokenization.py -k two_occurrences"),
+    ("scratchgpt/tokenization/trainers.py", "min_frequency=min_frequency or 2,", "min_frequency=min_frequency or 1,",
+     "the CLI's BPE learns merges seen once by default", "tests/test_tokenization.py -k two_occurrences"),
+    ("scratchgpt/training/checkpoints.py",
+     'weights = "adapter_model.safetensors" if (checkpoint / "adapter_config.json").is_file() else "model.safetensors"',
+     'weights = "model.safetensors"', "a LoRA checkpoint is not recognised (the run restarts from step 0)",
+     "tests/test_training.py -k newest_complete"),
+    ("scratchgpt/locking.py", "        lock.acquire(timeout=0)\n", "        lock.acquire(timeout=0)\n        lock.release()\n",
+     "the folder lock is released right after it is taken", "tests/test_faults.py -k held_until"),
+    ("scratchgpt/modeling/gguf_export.py", 'if array.ndim == 1 or dtype == "f32":', 'if dtype == "f32":',
+     "GGUF norms and biases written in half precision", "tests/test_gguf.py -k type_its_dtype"),
+    ("scratchgpt/staging.py", "        shutil.rmtree(staging, ignore_errors=True)\n        failed_write", "        failed_write",
+     "a failed staged output leaves its staging folder behind", "tests/test_staging.py"),
+    ("scratchgpt/errors.py", 'and (code := re.search(r"os error (\\d+)", str(error))):',
+     'and (code := re.search(r"error (\\d+)", "error 5")):', "safetensors' full disk is reported as an I/O error",
+     "tests/test_errors.py"),
+    ("scratchgpt/training/finetuning.py", "replay = replay.select(np.resize(order, n_replay))",
+     "replay = replay.select(np.random.default_rng(seed).integers(0, len(replay), n_replay))",
+     "replay blocks drawn with replacement (some many times, some never)",
+     "tests/test_finetuning.py -k spreads_over"),
 ]
 
 
