@@ -1,5 +1,7 @@
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingA
 from scratchgpt import ScratchGPTForCausalLM
 from scratchgpt.locking import lock_paths
 from scratchgpt.training.arguments import parse_args, parse_duration
-from scratchgpt.training.checkpoints import checkpoint_problem, latest_complete_checkpoint, mirror_checkpoint
+from scratchgpt.training.checkpoints import (
+    checkpoint_problem,
+    latest_complete_checkpoint,
+    mirror_checkpoint,
+    saved_world_size,
+)
 from scratchgpt.training.run import main as train
 
 from .testing_utils import SAMPLE_TEXT, tiny_config
@@ -492,6 +499,69 @@ def test_two_process_ddp_on_cpu(tmp_path, launcher, optim):
     assert "resuming from" in resumed.stderr and json.loads((run / "metrics.json").read_text())["global_step"] == 6
     assert json.loads((run / "metrics.json").read_text())["training"]["optimizer"] == optim
     assert not lock_paths(run)[1].exists()  # rank 0 held the run's lock and let it go; no rank waited on it
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+
+
+def as_two_process_checkpoints(run: Path) -> None:
+    """Make the run's checkpoints look saved by two processes (one RNG state per rank), as torchrun leaves them."""
+    for checkpoint in run.glob("checkpoint-*"):
+        state = checkpoint / "rng_state.pth"
+        for rank in (0, 1):
+            shutil.copy(state, checkpoint / f"rng_state_{rank}.pth")
+        state.unlink()
+
+
+def test_a_checkpoint_of_another_launch_is_found_and_never_called_interrupted(tmp_path, caplog):
+    checkpoint = complete_checkpoint(tmp_path, step=4)
+    assert saved_world_size(checkpoint) == 1 and latest_complete_checkpoint(tmp_path, world_size=None) == checkpoint
+    caplog.set_level("WARNING", logger="scratchgpt")
+    assert latest_complete_checkpoint(tmp_path, world_size=2) is None
+    assert "saved by a launch of 1 process, not 2" in caplog.text and "interrupted" not in caplog.text
+    two = complete_checkpoint(tmp_path / "b", step=2, world_size=2)
+    assert saved_world_size(two) == 2 and latest_complete_checkpoint(tmp_path / "b", world_size=None) == two
+
+
+def test_a_finished_run_stays_finished_and_another_launch_never_resumes_it(tmp_path, caplog):
+    """A run saved by another number of processes: finished, nothing is done; unfinished, one line, nothing
+    written (the other direction, a one-process run then torchrun, is the slow test below)."""
+    train(tiny_run_args(tmp_path, max_steps=4, save_steps=4, eval_steps=4))
+    run = tmp_path / "run"
+    as_two_process_checkpoints(run)
+    before = folder_hashes(run)
+    caplog.set_level("WARNING", logger="scratchgpt")
+    assert train(tiny_run_args(tmp_path, max_steps=4, save_steps=4, eval_steps=4))["already_complete"]
+    assert "finished run" in caplog.text and "interrupted" not in caplog.text and folder_hashes(run) == before
+    with pytest.raises(ValueError, match=r"checkpoint-4: saved by a launch of 2 processes, and this one has 1 "
+                                         r"process; resume it with 2 processes as it was started, or start over"):
+        train(tiny_run_args(tmp_path, max_steps=8, save_steps=4, eval_steps=4))
+    assert folder_hashes(run) == before
+
+
+@pytest.mark.slow  # three launches, one of two processes
+def test_torchrun_after_a_one_process_run_leaves_it_as_it_was(tmp_path):
+    """The README's torchrun line after `make demo`: the finished run is not trained again, whatever the launcher;
+    an unfinished one is refused in one line; the weights and every file stay as they were."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+    def torchrun(**overrides):
+        return subprocess.run([sys.executable, *LAUNCHERS["torchrun"], str(REPO / "train.py"),
+                               *tiny_run_args(tmp_path, save_steps=4, eval_steps=4, **overrides)],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
+
+    train(tiny_run_args(tmp_path, max_steps=4, save_steps=4, eval_steps=4))
+    run = tmp_path / "run"
+    before = folder_hashes(run)
+    finished = torchrun(max_steps=4)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "finished run (step 4 of 4): nothing to do" in finished.stderr and "interrupted" not in finished.stderr
+    assert folder_hashes(run) == before
+    longer = torchrun(max_steps=8)
+    assert longer.returncode == 1 and folder_hashes(run) == before, longer.stderr[-3000:]
+    assert "checkpoint-4: saved by a launch of 1 process, and this one has 2 processes" in longer.stderr
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)

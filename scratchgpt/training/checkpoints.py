@@ -16,11 +16,12 @@ from pathlib import Path
 from ..loading import check_safetensors
 
 
-__all__ = ["checkpoint_problem", "latest_complete_checkpoint", "list_checkpoints", "mirror_checkpoint"]
+__all__ = ["checkpoint_problem", "latest_complete_checkpoint", "list_checkpoints", "mirror_checkpoint", "saved_world_size"]
 
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+_RNG_RANK = re.compile(r"rng_state_(\d+)\.pth")
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:
@@ -58,12 +59,30 @@ def checkpoint_problem(checkpoint: Path, world_size: int = 1) -> str | None:
     return None
 
 
-def latest_complete_checkpoint(folder: str | Path, world_size: int = 1) -> Path | None:
-    """The highest-numbered complete checkpoint in ``folder``; incomplete newer ones are skipped with a warning."""
+def saved_world_size(checkpoint: Path) -> int | None:
+    """How many processes saved ``checkpoint``, from its RNG states: the Trainer writes ``rng_state.pth`` in a
+    one-process run and ``rng_state_{rank}.pth`` per process otherwise; None where there is none."""
+    ranks = [int(m.group(1)) for p in checkpoint.glob("rng_state_*.pth") if (m := _RNG_RANK.fullmatch(p.name))]
+    if ranks:
+        return max(ranks) + 1
+    return 1 if (checkpoint / "rng_state.pth").exists() else None
+
+
+def latest_complete_checkpoint(folder: str | Path, world_size: int | None = 1) -> Path | None:
+    """The highest-numbered complete checkpoint in ``folder``; incomplete newer ones are skipped with a warning.
+
+    ``world_size`` is the number of processes whose RNG states a checkpoint must hold; None takes each checkpoint's
+    own (``saved_world_size``), so that a checkpoint of another launch is found, not mistaken for a broken one."""
     for checkpoint in reversed(list_checkpoints(folder)):
-        problem = checkpoint_problem(checkpoint, world_size)
+        size = world_size or saved_world_size(checkpoint) or 1
+        problem = checkpoint_problem(checkpoint, size)
         if problem is None:
             return checkpoint
+        if world_size is not None and (saved := saved_world_size(checkpoint)) not in (None, world_size) \
+                and checkpoint_problem(checkpoint, saved) is None:
+            logger.warning("skipping %s: saved by a launch of %d process%s, not %d", checkpoint, saved,
+                           "es" if saved > 1 else "", world_size)
+            continue
         logger.warning("skipping %s: %s (left by an interrupted save)", checkpoint, problem)
     return None
 

@@ -60,7 +60,7 @@ from .callbacks import (
     generate_samples,
     parameters_are_sharded,
 )
-from .checkpoints import latest_complete_checkpoint, list_checkpoints
+from .checkpoints import latest_complete_checkpoint, list_checkpoints, saved_world_size
 from .finetuning import apply_lora, lora_settings, mix_replay, save_adapter
 from .optimizers import muon_optimizer_cls_and_kwargs
 from .report import write_report
@@ -271,6 +271,18 @@ def _finished_run(output_dir: Path, checkpoint: Path | None, max_steps: int) -> 
         return None
 
 
+def _check_same_launch(checkpoint: Path, world_size: int) -> None:
+    """Refuse (one line, before anything is written) to resume a checkpoint saved by another number of processes:
+    each process's RNG state and its share of every batch are in the checkpoint, so only the same launch resumes it
+    exactly; another would train on with a different batch size and data order, and mix new files with old."""
+    saved = saved_world_size(checkpoint)
+    if saved is not None and saved != world_size:
+        processes = lambda n: f"{n} process{'es' if n > 1 else ''}"  # noqa: E731
+        raise ValueError(f"{checkpoint}: saved by a launch of {processes(saved)}, and this one has "
+                         f"{processes(world_size)}; resume it with {processes(saved)} as it was started, or start "
+                         f"over with --fresh true (deletes the checkpoints) or another output_dir")
+
+
 def _save_final_model(trainer: Trainer, output_dir: Path) -> None:
     """``trainer.save_model`` (weights, config with auto_map, model code, generation config, tokenizer) into a
     staging folder, then each file renamed into ``output_dir``, the weights last: a save that fails part way (a full
@@ -411,7 +423,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     if block_size > context:
         raise ValueError(f"block_size {block_size} is larger than the model context n_positions {context}")
     # where to resume from (--fresh deletes the checkpoints below); a finished run is not trained, prepared or saved
-    resume_from = None if run_args.fresh else latest_complete_checkpoint(output_dir, training_args.world_size)
+    # (found whatever launch saved it: a finished run stays finished under any launcher)
+    resume_from = None if run_args.fresh else latest_complete_checkpoint(output_dir, world_size=None)
     if resume_from is not None:
         finished = _finished_run(output_dir, resume_from, training_args.max_steps)
         if finished is not None:
@@ -419,6 +432,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
                            "further, raise max_steps, or start over with --fresh true", output_dir,
                            finished["global_step"], training_args.max_steps, output_dir)
             return {**finished, "already_complete": True}
+        _check_same_launch(resume_from, training_args.world_size)
     with training_args.main_process_first(desc="tokenizer and prepared data"):
         if model_args.model_name_or_path:
             base, tokenizer = load_base_model(model_args, base_source)
