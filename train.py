@@ -38,7 +38,7 @@ def main() -> int:
         start = metrics.get("eval_perplexity_at_start")
         print(f"\nvalidation perplexity {metrics['eval_perplexity']:.2f}" +
               (f" (at the start: {start:.2f})" if start is not None else "") +
-              f", next-token accuracy {metrics['eval_accuracy']:.3f}, after {metrics['global_step']} steps")
+              f", next-token accuracy {metrics['eval_accuracy']:.3f}, {evaluated_weights(metrics)}")
     for sample in metrics.get("samples", []):
         if "base_reply" in sample:
             print(f"\n> {sample['prompt']}\nbefore: {sample['base_reply']}\nafter:  {sample['reply']}")
@@ -46,6 +46,14 @@ def main() -> int:
             print(f"\n> {sample['prompt']}\n{sample['reply']}")
     print(next_steps(metrics["output_dir"]))
     return 0
+
+
+def evaluated_weights(metrics: dict) -> str:
+    """Which weights the final figures (and the saved model) are of."""
+    kept = metrics.get("kept_weights") or {"step": metrics["global_step"]}
+    if kept["step"] == metrics["global_step"]:
+        return f"after {metrics['global_step']} steps"
+    return f"of the saved weights, from step {kept['step']} ({kept['reason']})"
 
 
 def next_steps(output_dir: str) -> str:

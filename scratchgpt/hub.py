@@ -120,6 +120,15 @@ def _parameters(folder: Path) -> int | None:
     return total or None
 
 
+def _kept_words(metrics: dict) -> str:
+    """Which step's weights a folder holds, in words, from metrics.json (the last step's when it does not say)."""
+    step = metrics.get("global_step", "?")
+    kept = metrics.get("kept_weights") or {"step": step}
+    if kept["step"] == step:
+        return f"those of the last step ({step:,})" if isinstance(step, int) else "those of the last step"
+    return f"those of step {kept['step']:,}: {kept['reason']}"
+
+
 def model_card(folder: str | Path, repo_id: str) -> str:
     """A README.md with Hub metadata (model-index with the validation perplexity) and the sections people need."""
     folder = Path(folder)
@@ -164,6 +173,8 @@ def model_card(folder: str | Path, repo_id: str) -> str:
             f"schedule with {training['warmup_steps']} warmup steps, weight decay {training['weight_decay']}, "
             f"{training['precision']}, seed {training['seed']}.",
             f"- Hardware: {training['hardware']}; torch {training['torch']}; {hours:.2f} hours of training.",
+            f"- Weights: {_kept_words(metrics)}.",
+            *(f"- Note: {warning}." for warning in metrics.get("warnings", [])),
         ])
     else:
         trained = "Training details were not recorded with this folder (no metrics.json)."
@@ -274,7 +285,7 @@ def _adapter_upload(folder: Path, repo_id: str, base_model: str | None) -> tuple
 
 A LoRA adapter for [{base_model}](https://huggingface.co/{base_model}), trained with scratchgpt.
 
-{_fine_tuning_line(training, merged=False)}{f"- Validation perplexity {perplexity:.2f} after {metrics.get('global_step')} steps."
+{_fine_tuning_line(training, merged=False)}{f"- Validation perplexity {perplexity:.2f}; weights: {_kept_words(metrics)}."
                                    if perplexity else ""}
 
 ## Use

@@ -204,6 +204,64 @@ def test_every_rank_needs_its_rng_state(tmp_path):
 # --- a full run ------------------------------------------------------------------------------------------------------
 
 
+def test_the_run_says_which_steps_weights_it_kept(tmp_path, monkeypatch, capsys):
+    """With load_best_model_at_end and a best checkpoint before the last step, the saved weights are that
+    checkpoint's, and the summary, metrics.json, the card and the curves say so (here the "best" is the highest
+    validation loss, so that the first checkpoint is kept)."""
+    from scratchgpt.hub import model_card
+    from scratchgpt.training import report
+
+    plotted = {}
+    monkeypatch.setattr(report, "plot_curves", lambda history, path: plotted.setdefault("history", history))
+    monkeypatch.setattr(sys, "argv", ["train.py", *tiny_run_args(tmp_path, load_best_model_at_end="true",
+                                                                 metric_for_best_model="eval_loss",
+                                                                 greater_is_better="true")])
+    import train as train_py
+
+    assert train_py.main() == 0
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["kept_weights"]["step"] == 4 and metrics["global_step"] == 8
+    assert metrics["kept_weights"]["reason"].startswith("best validation loss (") and "at step 4 of 8" in \
+        metrics["kept_weights"]["reason"]
+    saved, best = final_weights(run), load_file(run / "checkpoint-4" / "model.safetensors")
+    assert all(torch.equal(saved[name], best[name]) for name in best)
+    assert "of the saved weights, from step 4 (best validation loss" in capsys.readouterr().out
+    assert "- Weights: those of step 4: best validation loss" in model_card(run, "me/tiny")
+    evaluated = [entry["step"] for entry in plotted["history"] if "eval_loss" in entry]
+    assert evaluated == [4, 8]  # the final evaluation (of step 4's weights) is not drawn as a second step 8
+
+
+@pytest.mark.parametrize("evals, trains, warns", [
+    ([(2, 3.0), (4, 2.5), (6, 2.6), (8, 2.8)], [(2, 3.0), (4, 2.4), (6, 2.0), (8, 1.6)], True),  # overfitting
+    ([(2, 3.0), (4, 2.5), (6, 2.4), (8, 2.3)], [(2, 3.0), (4, 2.4), (6, 2.0), (8, 1.6)], False),  # still learning
+    ([(2, 3.0), (4, 2.5), (8, 2.51)], [(2, 3.0), (4, 2.4), (8, 2.3)], False),  # within the 1% margin: noise
+    ([(2, 3.0), (4, 2.5), (8, 2.8)], [(2, 3.0), (4, 2.4), (8, 2.6)], False),  # both rose: diverging, not overfitting
+    ([(8, 2.8)], [(8, 1.6)], False),  # one evaluation says nothing
+])
+def test_overfitting_is_named_when_validation_rises_while_training_falls(evals, trains, warns):
+    from scratchgpt.training.run import overfitting_warning
+
+    history = [{"step": s, "loss": v} for s, v in trains] + [{"step": s, "eval_loss": v} for s, v in evals]
+    history.sort(key=lambda entry: entry["step"])
+    warning = overfitting_warning(history)
+    assert (warning is not None) == warns
+    if warns:
+        assert warning.startswith("the model is overfitting: validation loss rose from 2.500 at step 4 to 2.800 at "
+                                  "step 8 while the training loss fell from 2.400 to 1.600")
+
+
+def test_warmup_longer_than_the_run_is_named(tmp_path, caplog):
+    caplog.set_level("WARNING", logger="scratchgpt")
+    metrics = train(tiny_run_args(tmp_path, warmup_steps=50, max_steps=4, save_steps=100, eval_steps=100))
+    assert any("warmup_steps 50 is not shorter than the run (4 steps)" in w for w in metrics["warnings"])
+    assert "warmup_steps 50 is not shorter" in caplog.text
+    assert metrics["training"]["warmup_steps"] == 50
+    (tmp_path / "b").mkdir()
+    ratio = train(tiny_run_args(tmp_path / "b", warmup_steps=0.5, max_steps=4, save_steps=100, eval_steps=100))
+    assert ratio["training"]["warmup_steps"] == 2 and ratio["warnings"] == []  # a ratio is counted in steps
+
+
 def test_a_run_leaves_a_hub_format_folder(tmp_path):
     metrics = train(tiny_run_args(tmp_path, mirror_dir=str(tmp_path / "mirror")))
     run = tmp_path / "run"

@@ -335,14 +335,66 @@ def _load_last_checkpoint(trainer: Trainer, checkpoint: Path) -> dict:
     return {}
 
 
+def _total_steps(training_args, n_train_blocks: int) -> int:
+    """The run's optimizer steps: max_steps, or the epochs' worth of batches."""
+    if training_args.max_steps > 0:
+        return training_args.max_steps
+    per_step = (training_args.per_device_train_batch_size * training_args.world_size
+                * training_args.gradient_accumulation_steps)
+    return max(1, math.ceil(n_train_blocks / per_step * training_args.num_train_epochs))
+
+
+def _warmup_warning(training_args, total_steps: int) -> str | None:
+    warmup = training_args.get_warmup_steps(total_steps)
+    if warmup < total_steps:
+        return None
+    return (f"warmup_steps {warmup} is not shorter than the run ({total_steps} steps): the learning rate never reaches "
+            f"learning_rate {training_args.learning_rate:g}, so little is learned; lower warmup_steps (e.g. "
+            f"{max(1, total_steps // 10)}) or train longer")
+
+
+def kept_weights(trainer: Trainer) -> dict:
+    """Which step's weights the run keeps and why: the last step's, or with ``load_best_model_at_end`` the best
+    checkpoint's (by ``metric_for_best_model``, the validation loss by default)."""
+    state, args = trainer.state, trainer.args
+    best = state.best_model_checkpoint
+    if args.load_best_model_at_end and best:
+        step = int(Path(best).name.rsplit("-", 1)[-1])
+        if step != state.global_step:
+            metric = args.metric_for_best_model or "loss"
+            metric = "validation loss" if metric in ("loss", "eval_loss") else metric
+            return {"step": step, "of": state.global_step,
+                    "reason": f"best {metric} ({state.best_metric:.4f}) at step {step} of {state.global_step}, kept "
+                              f"by load_best_model_at_end"}
+    return {"step": state.global_step, "of": state.global_step, "reason": "the last step"}
+
+
+def overfitting_warning(log_history: list[dict], margin: float = 0.01) -> str | None:
+    """A warning when the validation loss ended more than ``margin`` (relative) above its lowest while the training
+    loss went on falling: the model learns its training text by heart."""
+    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
+    trains = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    if len(evals) < 2 or not trains:
+        return None
+    best_step, best = min(evals, key=lambda e: e[1])
+    last_step, last = evals[-1]
+    at_best = [loss for step, loss in trains if step <= best_step]
+    if last <= best * (1 + margin) or not at_best or trains[-1][1] >= at_best[-1]:
+        return None
+    return (f"the model is overfitting: validation loss rose from {best:.3f} at step {best_step} to {last:.3f} at step "
+            f"{last_step} while the training loss fell from {at_best[-1]:.3f} to {trains[-1][1]:.3f}; train for "
+            f"about {best_step} steps, give more text, or set load_best_model_at_end true to keep the best weights")
+
+
 def _training_summary(training_args, data_args: DataArguments, model_args: ModelArguments, block_size: int,
-                      data: dict, replay=None) -> dict:
+                      data: dict, total_steps: int, replay=None) -> dict:
     """How the run was trained, for metrics.json and the model card."""
     if torch.cuda.is_available() and not training_args.use_cpu:
         hardware = f"{training_args.world_size} x {torch.cuda.get_device_name()}"
     else:
+        threads = torch.get_num_threads()
         hardware = f"CPU ({training_args.world_size} process{'es' if training_args.world_size > 1 else ''}, " \
-                   f"{torch.get_num_threads()} threads)"
+                   f"{threads} thread{'s' if threads > 1 else ''})"
     batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     return {
         # names only: metrics.json and the model card are published, and local paths name users and folders
@@ -364,7 +416,7 @@ def _training_summary(training_args, data_args: DataArguments, model_args: Model
         "tokens_per_step": batch * training_args.world_size * block_size,
         "learning_rate": training_args.learning_rate,
         "lr_scheduler": str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)),
-        "warmup_steps": training_args.warmup_steps,
+        "warmup_steps": training_args.get_warmup_steps(total_steps),
         "weight_decay": training_args.weight_decay,
         "per_device_train_batch_size": training_args.per_device_train_batch_size,
         "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
@@ -502,6 +554,10 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         optimizer_cls_and_kwargs=muon_optimizer_cls_and_kwargs(model, training_args)
         if training_args.optim == MUON else None,
     )
+    total_steps = _total_steps(training_args, len(trainer.train_dataset))
+    warnings = [warning] if (warning := _warmup_warning(training_args, total_steps)) else []
+    for warning in warnings:
+        logger.warning(warning)
     try:
         if _at_last_step(resume_from, training_args.max_steps):
             # the run trained to the end, and its final save failed: transformers 5.24 resumed at max_steps trains
@@ -523,7 +579,16 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         return {"stopped": stopper.reason, "global_step": trainer.state.global_step}
 
     metrics = {**train_metrics, "global_step": trainer.state.global_step,
-               "train_runtime_total": clock.total_seconds()}  # every invocation of the run, not only this one
+               "train_runtime_total": clock.total_seconds(),  # every invocation of the run, not only this one
+               "kept_weights": kept_weights(trainer)}
+    if (warning := overfitting_warning(trainer.state.log_history)) is not None:
+        logger.warning(warning)
+        warnings.append(warning)
+    if metrics["kept_weights"]["step"] != trainer.state.global_step:
+        logger.info("the saved weights are those of step %d: %s", metrics["kept_weights"]["step"],
+                    metrics["kept_weights"]["reason"])
+    metrics["warnings"] = warnings
+    history = list(trainer.state.log_history)  # the curves: the final evaluation is of the kept weights, not a step
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
         metrics["eval_perplexity_from_loss"] = math.exp(metrics["eval_loss"])
@@ -536,7 +601,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     _save_final_model(trainer, output_dir)
     logger.info("saved the model, tokenizer and metrics in %s", output_dir)
     metrics["training"] = _training_summary(training_args, data_args, model_args, block_size,
-                                            read_metadata(data_path), replay)
+                                            read_metadata(data_path), total_steps, replay)
     if trainer.is_world_process_zero():
         if not parameters_are_sharded(training_args):
             replies = generate_samples(trainer.model, tokenizer, data_args.sample_prompts,
@@ -544,5 +609,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
             metrics["samples"] = [{"prompt": p, "reply": r} for p, r in zip(data_args.sample_prompts, replies)]
             for sample, base_reply in zip(metrics["samples"], base_replies or []):
                 sample["base_reply"] = base_reply
-        write_report(output_dir, trainer.state.log_history, metrics)
+        if metrics["kept_weights"]["step"] == trainer.state.global_step:
+            history = trainer.state.log_history
+        write_report(output_dir, history, metrics)
     return {**metrics, "output_dir": str(output_dir)}  # where the results are, for the caller (not published)
