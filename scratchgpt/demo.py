@@ -82,7 +82,12 @@ def model_card_markdown(name: str, model, tokenizer, metrics: dict) -> str:
         lines.append(f"- validation bits per byte {metrics['eval_bits_per_byte']:.3f}")
     if training.get("base_model"):
         lines.append(f"- fine-tuned from {training['base_model']}")
-    lines.append(f"- chat: {'yes (its chat template)' if tokenizer.chat_template else 'no (complete mode only)'}")
+    if not tokenizer.chat_template:
+        lines.append("- chat: no (complete mode only)")
+    elif training.get("chat") is False:  # a chat template, but trained on plain text: it continues text
+        lines.append("- chat: no, trained on plain text (use Complete)")
+    else:
+        lines.append("- chat: yes (its chat template)")
     return "\n".join(lines)
 
 

@@ -343,6 +343,26 @@ def test_a_document_split_holds_out_whole_documents_only_when_there_are_enough(n
         assert np.array_equal(held_out, again)
 
 
+def test_plain_text_samples_start_from_its_own_first_words(tmp_path):
+    """Conversations are counted in the metadata (a model trained on them chats); plain text gets prompts from the
+    opening words of its first documents, whole words as written."""
+    from scratchgpt.data.prepare import opening_words
+
+    docs = ["Once upon a time,\tthere was a fox.", "It was a bright cold day in April.", "Short.", "Call me Ishmael."]
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs * 3))
+    result = prepare_dataset(tokenizer(), [str(path)], tmp_path / "out", block_size=8, val_fraction=0)
+    assert read_metadata(tmp_path / "out")["conversations"] == 0
+    assert opening_words(result["train"], tokenizer()) == ["Once upon a time,\tthere", "It was a bright cold",
+                                                           "Short."]
+    chats = tmp_path / "c.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": "hello"}]}) + "\n" +
+                     json.dumps({"text": "and one plain text"}) + "\n")
+    prepare_dataset(tokenizer(), [str(chats)], tmp_path / "chat", block_size=4, val_fraction=0)
+    assert read_metadata(tmp_path / "chat")["conversations"] == 1
+
+
 def test_separator_and_paragraph_modes(tmp_path):
     eos = tokenizer().eos_token_id
     path = tmp_path / "a.txt"

@@ -306,7 +306,11 @@ def test_train_py_output_is_one_line_per_stage_and_ends_with_next_steps(tmp_path
         assert result.stderr.count(stage) == 1, stage
     for noise in ("Generating train split", "Tokenizing", "Writing model shards", "Saving the dataset"):
         assert noise not in result.stderr, noise
-    assert result.stdout.count("> Hi! How are you doing today?") == 1  # the final samples, once
+    # the final samples, once; plain text is continued from its own first words, not answered as a chat
+    assert result.stdout.count("\n> Document number 0. The quick\n") == 1 and "> Hi!" not in result.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [s["prompt"] for s in metrics["samples"]] == ["Document number 0. The quick"]  # one file: one document
+    assert metrics["training"]["chat"] is False
     assert "sample at step 8" not in result.stderr  # not logged again at the final evaluation
     assert f"scratchgpt chat {tmp_path / 'run'}" in result.stdout and "push_to_hub.py" in result.stdout
 

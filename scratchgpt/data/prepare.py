@@ -27,6 +27,7 @@ settings reuses it; any change to an input (validation inputs included), the tok
 import hashlib
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from .sources import DEFAULT_SEPARATOR, check_text_options, describe_inputs, ite
 __all__ = [
     "METADATA_FILE",
     "MIN_DOCUMENTS_TO_SPLIT",
+    "opening_words",
     "prepare_dataset",
     "load_prepared",
     "read_metadata",
@@ -198,6 +200,38 @@ def _n_tokens(token_ids: Dataset) -> int:
     return int(pc.sum(pc.list_value_length(token_ids.data.column("input_ids"))).as_py() or 0)
 
 
+def _n_conversations(records: Dataset) -> int:
+    """How many records are conversations (``messages`` set) rather than plain text, read as Arrow batches."""
+    nulls = sum(batch.column(0).null_count
+                for batch in records.select_columns(["messages"]).with_format("arrow").iter(batch_size=100_000))
+    return len(records) - nulls
+
+
+def opening_words(blocks: Dataset, tokenizer: PreTrainedTokenizerBase, n_prompts: int = 3, n_words: int = 5,
+                  scan_blocks: int = 64) -> list[str]:
+    """Up to ``n_prompts`` prompts for sample generations on plain text: the first ``n_words`` words (as written)
+    of the first documents of ``blocks``, where the stream starts and after each end-of-text token."""
+    eos = tokenizer.eos_token_id
+    stream = np.concatenate([np.asarray(blocks[i]["input_ids"]) for i in range(min(scan_blocks, len(blocks)))])
+    starts = [0] + [int(i) + 1 for i in np.flatnonzero(stream == eos)]
+    prompts = []
+    for start in starts:
+        window = 16 * n_words  # enough tokens for the words, even at one token per character
+        ids = stream[start: start + window].tolist()
+        ids = ids[: ids.index(eos)] if eos in ids else ids
+        text = tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+        words = list(re.finditer(r"\S+", text))
+        if len(ids) == window and len(words) <= n_words:
+            words = words[:-1]  # the window may end inside the last word
+        words = words[:n_words]
+        prompt = text[: words[-1].end()] if words else ""
+        if prompt and prompt not in prompts:
+            prompts.append(prompt)
+        if len(prompts) == n_prompts:
+            break
+    return prompts
+
+
 def _n_documents(records: Dataset) -> int:
     return int(_column(records, "ends_document").sum())
 
@@ -343,6 +377,7 @@ def prepare_dataset(
             if len(documents) == 0:
                 raise ValueError(f"no documents in {', '.join(inputs)}")
             documents, cleaning = clean_documents(documents, clean, num_proc)
+            conversations = _n_conversations(documents)
             method, parts = _split(documents, validation_files, val_fraction, seed, text_documents,
                                    document_separator, cache, fingerprint)
             token_features = {"input_ids": List(Value(dtype))}
@@ -388,7 +423,7 @@ def prepare_dataset(
             DatasetDict(splits).save_to_disk(str(staging))
             shutil.rmtree(cache)
             metadata = {**identity, "fingerprint": fingerprint, "split_method": method, "splits": counts,
-                        "cleaning": cleaning}
+                        "cleaning": cleaning, "conversations": conversations}
             (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return load_prepared(output)
 

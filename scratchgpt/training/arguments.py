@@ -66,6 +66,10 @@ class ModelArguments:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
 
+CHAT_SAMPLE_PROMPTS = ["Hi! How are you doing today?", "What do you like to do on weekends?",
+                       "Tell me about your favourite food."]
+
+
 @dataclass
 class DataArguments:
     """Where the text comes from and how it becomes training blocks."""
@@ -101,11 +105,11 @@ class DataArguments:
     replay_fraction: float = field(default=0.0, metadata={
         "help": "share of the training blocks drawn from replay_inputs (seeded; e.g. 0.2)"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "evaluate on at most this many blocks"})
-    sample_prompts: list[str] = field(
-        default_factory=lambda: ["Hi! How are you doing today?", "What do you like to do on weekends?",
-                                 "Tell me about your favourite food."],
-        metadata={"help": "prompts for the sample generations logged at each evaluation (chat prompts when the "
-                          "tokenizer has a chat template)"})
+    sample_prompts: list[str] | None = field(
+        default=None,
+        metadata={"help": "prompts for the sample generations logged at each evaluation and kept in metrics.json "
+                          "(default: chat prompts when the data are conversations, else the opening words of the "
+                          "text's first documents, continued)"})
     sample_max_new_tokens: int = field(default=40, metadata={"help": "length of each sample generation"})
 
 

@@ -114,8 +114,8 @@ class SampleGenerationCallback(TrainerCallback):
     """After each evaluation, generate from fixed prompts and write the replies to the log (main process only;
     skipped when parameters are sharded across processes)."""
 
-    def __init__(self, tokenizer, prompts: list[str], max_new_tokens: int = 40):
-        self.tokenizer, self.prompts, self.max_new_tokens = tokenizer, prompts, max_new_tokens
+    def __init__(self, tokenizer, prompts: list[str], max_new_tokens: int = 40, chat: bool | None = None):
+        self.tokenizer, self.prompts, self.max_new_tokens, self.chat = tokenizer, prompts, max_new_tokens, chat
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if not state.is_world_process_zero or model is None or not self.prompts or parameters_are_sharded(args):
@@ -123,12 +123,15 @@ class SampleGenerationCallback(TrainerCallback):
         if state.global_step >= state.max_steps:  # the final samples are reported once, with the final results
             return
         for prompt, reply in zip(self.prompts, generate_samples(model, self.tokenizer, self.prompts,
-                                                                 self.max_new_tokens)):
+                                                                 self.max_new_tokens, chat=self.chat)):
             logger.info("sample at step %d | %s -> %s", state.global_step, prompt, reply)
 
 
-def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int = 40, seed: int = 0) -> list[str]:
-    """Replies to ``prompts`` (as chat turns when the tokenizer has a chat template), sampled with a fixed seed."""
+def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int = 40, seed: int = 0,
+                     chat: bool | None = None) -> list[str]:
+    """Replies to ``prompts`` sampled with a fixed seed: as chat turns with ``chat`` (by default, when the tokenizer
+    has a chat template), else as texts continued."""
+    chat = bool(tokenizer.chat_template) if chat is None else chat
     was_training = model.training
     model.eval()
     devices = [model.device] if model.device.type == "cuda" else []
@@ -136,7 +139,7 @@ def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int =
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         replies = [chat_reply(model, tokenizer, [{"role": "user", "content": prompt}], max_new_tokens)
-                   if tokenizer.chat_template else generate_text(model, tokenizer, prompt, max_new_tokens).strip()
+                   if chat else generate_text(model, tokenizer, prompt, max_new_tokens).strip()
                    for prompt in prompts]
     model.train(was_training)
     return replies

@@ -25,7 +25,14 @@ from transformers import (
     set_seed,
 )
 
-from ..data.prepare import collate_blocks, load_prepared, prepare_dataset, read_metadata, tokenizer_fingerprint
+from ..data.prepare import (
+    collate_blocks,
+    load_prepared,
+    opening_words,
+    prepare_dataset,
+    read_metadata,
+    tokenizer_fingerprint,
+)
 from ..data.sources import iter_document_pieces, iter_texts
 from ..errors import write_failure
 from ..loading import check_model_folder, check_tokenizer_fits, resolve_model, vocabulary_fingerprint
@@ -44,6 +51,7 @@ from ..tokenization import (
 )
 from ..tokenization.trainers import BOS_EOS_TOKEN, PAD_TOKEN
 from .arguments import (
+    CHAT_SAMPLE_PROMPTS,
     LORA_TARGET_MODULES,
     MUON,
     DataArguments,
@@ -506,13 +514,18 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
                                   validation_inputs=data_args.validation_inputs,
                                   assistant_only_loss=data_args.assistant_only_loss)
         replay = _replay_blocks(data_args, tokenizer, block_size, output_dir, training_args.seed)
-        splits = read_metadata(data_path)["splits"]
+        data_info = read_metadata(data_path)
+        splits = data_info["splits"]
         logger.info("data: %s training and %s validation blocks of %d tokens, in %s",
                     f"{splits['train']['blocks']:,}", f"{splits.get('validation', {}).get('blocks', 0):,}",
                     block_size, data_path)
 
     if resume_from is not None:
         logger.info("resuming from %s", resume_from)
+    # a model trained on conversations chats; one trained on plain text continues text (its samples too)
+    chat = bool(tokenizer.chat_template) if data_info.get("conversations") is None else data_info["conversations"] > 0
+    if data_args.sample_prompts is None:
+        data_args.sample_prompts = CHAT_SAMPLE_PROMPTS if chat else opening_words(dataset["train"], tokenizer)
 
     tokenizer.model_max_length = config.n_positions  # saved with the tokenizer: pipelines truncate to the context
     model = base if base is not None else ScratchGPTForCausalLM(config)
@@ -523,7 +536,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     base_replies = None
     if base is not None and training_args.process_index == 0 and not parameters_are_sharded(training_args):
         # the starting model's replies, to show beside the fine-tuned model's at the end
-        base_replies = generate_samples(model, tokenizer, data_args.sample_prompts, data_args.sample_max_new_tokens)
+        base_replies = generate_samples(model, tokenizer, data_args.sample_prompts, data_args.sample_max_new_tokens,
+                                        chat=chat)
     if model_args.use_peft:
         model = apply_lora(model, model_args)
     origin = f"from {model_args.model_name_or_path}" if base is not None else f"{model_args.preset or 'tiny'} preset"
@@ -537,7 +551,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     stopper = GracefulStopCallback(time_budget)
     clock = TrainingTimeCallback(resume_from)  # before the mirror, so mirrored checkpoints carry the time too
     callbacks = [stopper, clock,
-                 SampleGenerationCallback(tokenizer, data_args.sample_prompts, data_args.sample_max_new_tokens)]
+                 SampleGenerationCallback(tokenizer, data_args.sample_prompts, data_args.sample_max_new_tokens, chat)]
     if run_args.mirror_dir:
         callbacks.append(MirrorCallback(run_args.mirror_dir))
     trainer = Trainer(
@@ -600,12 +614,12 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         logger.info("saved the LoRA adapter in %s", adapter)
     _save_final_model(trainer, output_dir)
     logger.info("saved the model, tokenizer and metrics in %s", output_dir)
-    metrics["training"] = _training_summary(training_args, data_args, model_args, block_size,
-                                            read_metadata(data_path), total_steps, replay)
+    metrics["training"] = {**_training_summary(training_args, data_args, model_args, block_size,
+                                               read_metadata(data_path), total_steps, replay), "chat": chat}
     if trainer.is_world_process_zero():
         if not parameters_are_sharded(training_args):
             replies = generate_samples(trainer.model, tokenizer, data_args.sample_prompts,
-                                       data_args.sample_max_new_tokens)
+                                       data_args.sample_max_new_tokens, chat=chat)
             metrics["samples"] = [{"prompt": p, "reply": r} for p, r in zip(data_args.sample_prompts, replies)]
             for sample, base_reply in zip(metrics["samples"], base_replies or []):
                 sample["base_reply"] = base_reply
