@@ -14,6 +14,7 @@ import os
 import sys
 
 from scratchgpt.errors import one_line, user_error
+from scratchgpt.training.report import run_summary
 from scratchgpt.training.run import main as run
 
 
@@ -34,37 +35,8 @@ def main() -> int:
         return 1
     if metrics.get("already_complete") or "stopped" in metrics or not is_main_process:
         return 0  # said so in the log
-    if "eval_perplexity" in metrics:
-        start = metrics.get("eval_perplexity_at_start")
-        print(f"\nvalidation perplexity {metrics['eval_perplexity']:.2f}" +
-              (f" (at the start: {start:.2f})" if start is not None else "") +
-              f", next-token accuracy {metrics['eval_accuracy']:.3f}, {evaluated_weights(metrics)}")
-    for sample in metrics.get("samples", []):
-        if "base_reply" in sample:
-            print(f"\n> {sample['prompt']}\nbefore: {sample['base_reply']}\nafter:  {sample['reply']}")
-        else:
-            print(f"\n> {sample['prompt']}\n{sample['reply']}")
-    print(next_steps(metrics["output_dir"]))
+    print(run_summary(metrics))
     return 0
-
-
-def evaluated_weights(metrics: dict) -> str:
-    """Which weights the final figures (and the saved model) are of."""
-    kept = metrics.get("kept_weights") or {"step": metrics["global_step"]}
-    if kept["step"] == metrics["global_step"]:
-        return f"after {metrics['global_step']} steps"
-    return f"of the saved weights, from step {kept['step']} ({kept['reason']})"
-
-
-def next_steps(output_dir: str) -> str:
-    """Where the results are and what to try next, for the end of a run."""
-    return f"""
-The model, its tokenizer, metrics.json and training_curves.png are in {output_dir}/. Next, in this environment
-(after `source .venv/bin/activate` if you used `make`):
-
-  scratchgpt chat {output_dir}
-  scratchgpt generate {output_dir} --prompt "Once upon a time" --max-new-tokens 60
-  python push_to_hub.py {output_dir} your-name/your-model --dry-run"""
 
 
 if __name__ == "__main__":

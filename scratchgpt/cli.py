@@ -228,6 +228,43 @@ def _add_text_options(command: argparse.ArgumentParser) -> None:
                               f"{DEFAULT_SEPARATOR}); one line break on either side of it goes with it")
 
 
+OWN_TEXT_RECIPE = Path(__file__).parent / "training" / "own_text.yaml"
+
+
+def own_text_vocab_size(files: list[str]) -> int:
+    """A BPE vocabulary the corpus can fill: about 4 * sqrt(bytes), in multiples of 256, from 512 to 8,192
+    (100 KB: 1,280; 1 MB: 4,096; from about 4.2 MB: 8,192), so that a small text is not split into rare merges."""
+    import math
+
+    from .data.sources import CHITCHAT
+
+    size = sum(13_000_000 if file == CHITCHAT else Path(file).stat().st_size for file in resolve_inputs(files))
+    return min(8192, max(512, 256 * round(4 * math.sqrt(size) / 256)))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .training.report import run_summary
+    from .training.run import main as run_training
+
+    files = [token for token in args.files_and_keys[:next(
+        (i for i, token in enumerate(args.files_and_keys) if token.startswith("--")), len(args.files_and_keys))]]
+    keys = args.files_and_keys[len(files):]
+    if not files:
+        raise ValueError("give the text to train on: scratchgpt train FILE... (.txt, .jsonl or .parquet files, or "
+                         "folders of them)")
+    given = {token[2:].split("=")[0] for token in keys if token.startswith("--")}
+    argv = [str(OWN_TEXT_RECIPE), "--inputs", *files]
+    if "output_dir" not in given:
+        argv += ["--output_dir", str(Path("runs") / (Path(files[0].rstrip("/\\")).stem or "own-text"))]
+    if "vocab_size" not in given:
+        argv += ["--vocab_size", str(own_text_vocab_size(files)), "--vocab_size_at_most", "true"]
+    logging.getLogger().setLevel(logging.WARNING)  # the libraries' info lines off; the run's stages stay
+    logging.getLogger("scratchgpt").setLevel(logging.INFO)
+    metrics = run_training(argv + keys)
+    if not (metrics.get("already_complete") or "stopped" in metrics):
+        print(run_summary(metrics))
+
+
 def _add_sampling_options(command: argparse.ArgumentParser, max_new_tokens: int) -> None:
     command.add_argument("model", help="model folder (ScratchGPT, a GPT-2 export, a converted legacy checkpoint)")
     command.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N")
@@ -256,6 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--name", default=None,
                          help="to-gguf: the model's name in the file (general.name; default: the source folder's name)")
     convert.set_defaults(handler=_convert)
+
+    train = commands.add_parser(
+        "train", help="train a model on your own text from scratch: scratchgpt train FILE... [--key value ...]",
+        description="Train a model of your own text from scratch, as scratchgpt/training/own_text.yaml says (the tiny "
+                    "preset, 3 passes over the text, the best validation weights kept), with a vocabulary that fits "
+                    "the corpus, into runs/<the first file's name>. Keys of train.py after the files override the "
+                    "recipe (e.g. --num_train_epochs 5 --output_dir runs/mine); running it again resumes.")
+    train.add_argument("files_and_keys", nargs=argparse.REMAINDER, metavar="FILE... [--key value ...]")
+    train.set_defaults(handler=_train)
 
     tokenizer = commands.add_parser("tokenizer", help="train a tokenizer")
     tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True)

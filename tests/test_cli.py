@@ -245,3 +245,43 @@ def test_evaluate_prints_json(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["stride"] == 16 and result["block_size"] == 32 and result["perplexity"] > 1
     assert result["bytes"] == 400 and 0 < result["bits_per_byte"] < 20
+
+
+def test_train_on_your_own_text_is_one_command(tmp_path, capsys, monkeypatch):
+    """`scratchgpt train FILE`: a vocabulary the text can fill, three passes over it (not a fixed step count), the
+    text's own first words as the sample prompt, no chat claimed, the best weights kept; run again, nothing to do."""
+    from itertools import islice
+
+    from scratchgpt.cli import own_text_vocab_size
+    from scratchgpt.data.sources import chitchat_conversations, iter_texts
+
+    text = "\n".join(islice(iter_texts(chitchat_conversations()), 600))  # ~65 KB of plain text
+    (tmp_path / "my notes.txt").write_text("Dear diary, today I learned\n" + text)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "my notes.txt", "--use_cpu", "true", "--per_device_train_batch_size", "8"]) == 0
+    run = tmp_path / "runs" / "my notes"
+    metrics = json.loads((run / "metrics.json").read_text())
+    blocks = json.loads((run / "data" / "scratchgpt_data.json").read_text())["splits"]["train"]["blocks"]
+    assert metrics["global_step"] == 3 * -(-blocks // 8)  # three epochs of batches of 8 blocks
+    assert len(AutoTokenizer.from_pretrained(run)) <= own_text_vocab_size(["my notes.txt"]) < 8192
+    assert metrics["training"]["chat"] is False and metrics["samples"][0]["prompt"] == "Dear diary, today I learned"
+    assert metrics["kept_weights"]["step"] <= metrics["global_step"] and metrics["warnings"] == []
+    printed = capsys.readouterr().out
+    assert 'scratchgpt generate runs/my notes --prompt "Dear diary, today I learned"' in printed
+    assert "scratchgpt chat" not in printed
+    assert main(["train", "my notes.txt", "--use_cpu", "true", "--per_device_train_batch_size", "8"]) == 0
+    assert "validation perplexity" not in capsys.readouterr().out  # finished: nothing trained again
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+
+
+def test_own_text_vocabulary_grows_with_the_corpus(tmp_path):
+    from scratchgpt.cli import own_text_vocab_size
+
+    sizes = {}
+    for kilobytes in (10, 100, 1000, 5000):
+        path = tmp_path / f"{kilobytes}.txt"
+        with open(path, "wb") as out:
+            out.truncate(kilobytes * 1000)
+        sizes[kilobytes] = own_text_vocab_size([str(path)])
+    assert sizes == {10: 512, 100: 1280, 1000: 4096, 5000: 8192}
+    assert main(["train"]) == 1

@@ -118,6 +118,7 @@ def train_bpe_tokenizer(
     special_tokens: list[str] = SPECIAL_TOKENS,
     show_progress: bool = True,
     length: int | None = None,
+    at_most: bool = False,
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer of exactly ``vocab_size`` ids.
 
@@ -127,7 +128,8 @@ def train_bpe_tokenizer(
     there is no unknown token. Special tokens take the first ids, in order.
 
     Raises ``ValueError`` if ``vocab_size`` cannot hold the 256 byte symbols plus the special tokens, if there is no
-    text, or if the corpus is too small (at ``min_frequency``) to learn that many merges.
+    text, or if the corpus is too small (at ``min_frequency``) to learn that many merges; with ``at_most`` it then
+    returns the smaller vocabulary the corpus supports instead.
     """
     minimum = BYTE_ALPHABET_SIZE + len(special_tokens)
     if vocab_size < minimum:
@@ -148,7 +150,7 @@ def train_bpe_tokenizer(
     tokenizer.train_from_iterator(counted, trainer=trainer, length=length)
     if counted.count == 0:
         raise ValueError("no text to train the tokenizer on")
-    if tokenizer.get_vocab_size() != vocab_size:
+    if tokenizer.get_vocab_size() != vocab_size and not at_most:
         raise ValueError(f"the corpus supports only {tokenizer.get_vocab_size()} tokens at min_frequency="
                          f"{min_frequency}, fewer than vocab_size {vocab_size}: give more text or a smaller size")
     return _wrap(tokenizer)
@@ -203,12 +205,13 @@ def train_char_tokenizer(
 
 
 def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int | None = None,
-                    min_frequency: int | None = None, show_progress: bool = True) -> PreTrainedTokenizerFast:
+                    min_frequency: int | None = None, show_progress: bool = True,
+                    at_most: bool = False) -> PreTrainedTokenizerFast:
     """``train_bpe_tokenizer`` (default vocab 32,000, min_frequency 2) or ``train_char_tokenizer`` (no size bound,
     min_frequency 1) by ``kind``; the one entry point the CLI and train.py share."""
     if kind == "bpe":
         return train_bpe_tokenizer(texts, vocab_size=vocab_size or 32000, min_frequency=min_frequency or 2,
-                                   show_progress=show_progress)
+                                   show_progress=show_progress, at_most=at_most)
     if kind == "char":
         return train_char_tokenizer(texts, vocab_size=vocab_size, min_frequency=min_frequency or 1)
     raise ValueError(f"tokenizer type must be 'bpe' or 'char', got {kind!r}")

@@ -82,6 +82,9 @@ class DataArguments:
         "help": "tokenizer folder; trained there from the inputs if missing (default: <output_dir>/tokenizer)"})
     tokenizer_type: str = field(default="bpe", metadata={"help": "kind to train if missing: 'bpe' or 'char'"})
     vocab_size: int = field(default=8192, metadata={"help": "vocabulary size to train if missing (bpe: exact)"})
+    vocab_size_at_most: bool = field(default=False, metadata={
+        "help": "bpe: train at most vocab_size ids, fewer where the corpus cannot fill them, instead of an error "
+                "(`scratchgpt train` sets it, as it picks the size itself)"})
     prepared_data: str | None = field(default=None, metadata={
         "help": "prepared dataset folder; built there if missing or stale (default: <output_dir>/data)"})
     block_size: int | None = field(default=None, metadata={"help": "tokens per block (default: model context)"})

@@ -1,4 +1,4 @@
-"""What a finished run leaves beside its weights: ``training_curves.png`` and ``metrics.json``."""
+"""What a finished run leaves beside its weights (``training_curves.png``, ``metrics.json``) and says at its end."""
 
 import json
 from pathlib import Path
@@ -9,7 +9,7 @@ matplotlib.use("Agg")  # files only; no display needed (servers, notebooks, CI)
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-__all__ = ["write_report", "plot_curves"]
+__all__ = ["write_report", "plot_curves", "run_summary"]
 
 
 def plot_curves(log_history: list[dict], path: str | Path) -> None:
@@ -38,3 +38,39 @@ def write_report(output_dir: str | Path, log_history: list[dict], metrics: dict)
     output_dir = Path(output_dir)
     plot_curves(log_history, output_dir / "training_curves.png")
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _evaluated_weights(metrics: dict) -> str:
+    """Which weights the final figures (and the saved model) are of."""
+    kept = metrics.get("kept_weights") or {"step": metrics["global_step"]}
+    if kept["step"] == metrics["global_step"]:
+        return f"after {metrics['global_step']} steps"
+    return f"of the saved weights, from step {kept['step']} ({kept['reason']})"
+
+
+def run_summary(metrics: dict) -> str:
+    """The end of a run for the person who started it: the validation figures (and which weights they are of), the
+    sample generations, and where the results are with what to try next."""
+    lines = []
+    if "eval_perplexity" in metrics:
+        start = metrics.get("eval_perplexity_at_start")
+        lines.append(f"\nvalidation perplexity {metrics['eval_perplexity']:.2f}" +
+                     (f" (at the start: {start:.2f})" if start is not None else "") +
+                     f", next-token accuracy {metrics['eval_accuracy']:.3f}, {_evaluated_weights(metrics)}")
+    for sample in metrics.get("samples", []):
+        if "base_reply" in sample:
+            lines.append(f"\n> {sample['prompt']}\nbefore: {sample['base_reply']}\nafter:  {sample['reply']}")
+        else:
+            lines.append(f"\n> {sample['prompt']}\n{sample['reply']}")
+    output_dir = metrics["output_dir"]
+    chat = metrics.get("training", {}).get("chat", True)
+    try_chat = f"scratchgpt chat {output_dir}\n  " if chat else ""
+    samples = metrics.get("samples") or [{"prompt": "Once upon a time"}]
+    prompt = "Once upon a time" if chat else samples[0]["prompt"]  # plain text: a start like its own
+    lines.append(f"""
+The model, its tokenizer, metrics.json and training_curves.png are in {output_dir}/. Next, in this environment
+(after `source .venv/bin/activate` if you used `make`):
+
+  {try_chat}scratchgpt generate {output_dir} --prompt {json.dumps(prompt)} --max-new-tokens 60
+  python push_to_hub.py {output_dir} your-name/your-model --dry-run""")
+    return "\n".join(lines)

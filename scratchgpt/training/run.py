@@ -198,7 +198,8 @@ def load_or_train_tokenizer(data_args: DataArguments, path: Path):
     """Load the tokenizer at ``path``, training it from the run's inputs first if it is not there."""
     if (path / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(path)
-        if data_args.tokenizer_type == "bpe" and len(tokenizer) != data_args.vocab_size:
+        if data_args.tokenizer_type == "bpe" and len(tokenizer) != data_args.vocab_size \
+                and not data_args.vocab_size_at_most:
             logger.warning("using the existing tokenizer at %s (%d tokens); vocab_size %d applies only when one is "
                            "trained: delete that folder to train a new one", path, len(tokenizer),
                            data_args.vocab_size)
@@ -207,7 +208,8 @@ def load_or_train_tokenizer(data_args: DataArguments, path: Path):
     pieces = iter_document_pieces(data_args.inputs, data_args.text_documents, data_args.document_separator)
     texts = iter_texts(piece for piece, _ in pieces)
     tokenizer = train_tokenizer(texts, data_args.tokenizer_type, vocab_size=data_args.vocab_size,
-                                show_progress=sys.stderr.isatty())  # a bar only where one can be drawn
+                                show_progress=sys.stderr.isatty(),  # a bar only where one can be drawn
+                                at_most=data_args.vocab_size_at_most)
     with staged_output(path) as staging:  # a failed save leaves no half-written tokenizer
         tokenizer.save_pretrained(staging)
     logger.info("tokenizer: %s tokens (%s), saved in %s", f"{len(tokenizer):,}", data_args.tokenizer_type, path)
@@ -266,12 +268,23 @@ def public_names(inputs: list[str]) -> list[str]:
     return [path if path == "chitchat" else Path(path.rstrip("/\\")).name or path for path in inputs]
 
 
-def _finished_run(output_dir: Path, checkpoint: Path | None, max_steps: int) -> dict | None:
-    """The saved metrics of a run that already reached ``max_steps`` and saved its final model, else None."""
-    if checkpoint is None or max_steps <= 0 or not (output_dir / "metrics.json").is_file():
+def _last_step(state: dict, training_args) -> int:
+    """The run's last step: max_steps, or for a run counted in epochs the steps its epochs came to (recorded in
+    the checkpoint's state, when it was for as many epochs as asked now); 0 when unknown."""
+    if training_args.max_steps > 0:
+        return training_args.max_steps
+    if state.get("num_train_epochs") == training_args.num_train_epochs:
+        return state.get("max_steps") or 0
+    return 0
+
+
+def _finished_run(output_dir: Path, checkpoint: Path | None, training_args) -> dict | None:
+    """The saved metrics of a run that already reached its last step and saved its final model, else None."""
+    if checkpoint is None or not (output_dir / "metrics.json").is_file():
         return None
     state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    if state.get("global_step", 0) < max_steps or not any(output_dir.glob("*.safetensors")):
+    last = _last_step(state, training_args)
+    if last <= 0 or state.get("global_step", 0) < last or not any(output_dir.glob("*.safetensors")):
         return None
     try:
         return json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))
@@ -325,10 +338,12 @@ def _save_final_model(trainer: Trainer, output_dir: Path) -> None:
         shutil.rmtree(staging)
 
 
-def _at_last_step(checkpoint: Path | None, max_steps: int) -> bool:
-    if checkpoint is None or max_steps <= 0:
+def _at_last_step(checkpoint: Path | None, training_args) -> bool:
+    if checkpoint is None:
         return False
-    return json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"] >= max_steps
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    last = _last_step(state, training_args)
+    return last > 0 and state["global_step"] >= last
 
 
 def _load_last_checkpoint(trainer: Trainer, checkpoint: Path) -> dict:
@@ -359,6 +374,16 @@ def _warmup_warning(training_args, total_steps: int) -> str | None:
     return (f"warmup_steps {warmup} is not shorter than the run ({total_steps} steps): the learning rate never reaches "
             f"learning_rate {training_args.learning_rate:g}, so little is learned; lower warmup_steps (e.g. "
             f"{max(1, total_steps // 10)}) or train longer")
+
+
+def _epochs_warning(training_args, total_steps: int, tokens_per_step: int, train_tokens: int) -> str | None:
+    """A warning when a fixed max_steps makes many passes over a small corpus (which it then learns by heart)."""
+    passes = total_steps * tokens_per_step / max(train_tokens, 1)
+    if training_args.max_steps <= 0 or passes <= 4:
+        return None
+    return (f"max_steps {training_args.max_steps} makes {passes:.1f} passes over the {train_tokens:,} training tokens; "
+            f"past a few, a model learns a small corpus by heart: train fewer steps, use num_train_epochs 3 with "
+            f"max_steps -1, or give more text")
 
 
 def kept_weights(trainer: Trainer) -> dict:
@@ -453,6 +478,8 @@ def main(argv: list[str]) -> dict:
     # the collator reads the blocks' columns itself (assistant_masks -> labels); the Trainer would drop every column
     # the model's forward does not take
     training_args.remove_unused_columns = False
+    if not torch.cuda.is_available():
+        training_args.dataloader_pin_memory = False  # nothing to pin for; torch warns about it on every epoch
     if training_args.process_index == 0:
         with exclusive_folder(training_args.output_dir, what="training run"):
             return _train(model_args, data_args, run_args, training_args)
@@ -486,11 +513,12 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     # (found whatever launch saved it: a finished run stays finished under any launcher)
     resume_from = None if run_args.fresh else latest_complete_checkpoint(output_dir, world_size=None)
     if resume_from is not None:
-        finished = _finished_run(output_dir, resume_from, training_args.max_steps)
+        finished = _finished_run(output_dir, resume_from, training_args)
         if finished is not None:
             logger.warning("%s is a finished run (step %d of %d): nothing to do. The model is in %s; to train "
                            "further, raise max_steps, or start over with --fresh true", output_dir,
-                           finished["global_step"], training_args.max_steps, output_dir)
+                           finished["global_step"], training_args.max_steps if training_args.max_steps > 0
+                           else finished["global_step"], output_dir)
             return {**finished, "already_complete": True}
         _check_same_launch(resume_from, training_args.world_size)
     with training_args.main_process_first(desc="tokenizer and prepared data"):
@@ -569,11 +597,15 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         if training_args.optim == MUON else None,
     )
     total_steps = _total_steps(training_args, len(trainer.train_dataset))
-    warnings = [warning] if (warning := _warmup_warning(training_args, total_steps)) else []
+    tokens_per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                       * training_args.world_size * block_size)
+    warnings = [warning for warning in (_warmup_warning(training_args, total_steps),
+                                        _epochs_warning(training_args, total_steps, tokens_per_step,
+                                                        len(trainer.train_dataset) * block_size)) if warning]
     for warning in warnings:
         logger.warning(warning)
     try:
-        if _at_last_step(resume_from, training_args.max_steps):
+        if _at_last_step(resume_from, training_args):
             # the run trained to the end, and its final save failed: transformers 5.24 resumed at max_steps trains
             # one step more, so the last checkpoint (or the best, with load_best_model_at_end) is loaded instead
             train_metrics = _load_last_checkpoint(trainer, resume_from)
