@@ -181,6 +181,8 @@ def _chat(args: argparse.Namespace) -> None:
             if not line.strip():
                 break
             messages.append({"role": "user", "content": line.strip()})
+            if not interactive:  # the transcript shows what was said, as a terminal would
+                print(f"you> {line.strip()}")
             print("assistant> ", end="", flush=True)
             reply = chat_reply(model, tokenizer, messages, stream=interactive, **sampling)
             if not interactive:
@@ -265,9 +267,10 @@ def _train(args: argparse.Namespace) -> None:
         print(run_summary(metrics))
 
 
-def _add_sampling_options(command: argparse.ArgumentParser, max_new_tokens: int) -> None:
+def _add_sampling_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("model", help="model folder (ScratchGPT, a GPT-2 export, a converted legacy checkpoint)")
-    command.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N")
+    command.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                         help="at most this many new tokens (default and most: half the model's context)")
     command.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 for greedy decoding")
     command.add_argument("--top-k", type=int, default=50, metavar="K")
     command.add_argument("--top-p", type=float, default=None, metavar="P")
@@ -339,13 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(handler=_prepare)
 
     generate = commands.add_parser("generate", help="continue a prompt, streaming tokens as they come")
-    _add_sampling_options(generate, max_new_tokens=100)
+    _add_sampling_options(generate)
     generate.add_argument("--prompt", required=True, help="text to continue")
     generate.add_argument("--no-stream", action="store_true", help="print the whole text at the end instead")
     generate.set_defaults(handler=_generate)
 
     chat = commands.add_parser("chat", help="multi-turn chat through the tokenizer's chat template")
-    _add_sampling_options(chat, max_new_tokens=100)
+    _add_sampling_options(chat)
     chat.add_argument("--system", default=None, help="a system message to start the conversation with")
     chat.add_argument("--input", default=None, metavar="FILE",
                       help="read the user's messages from FILE, one per line (default: stdin; interactive on a tty)")

@@ -69,9 +69,11 @@ def display_names(names: list[str]) -> dict[str, str]:
 def model_card_markdown(name: str, model, tokenizer, metrics: dict) -> str:
     """What a visitor needs to know about a model, from its config, tokenizer and metrics.json."""
     training = metrics.get("training", {})
+    context = context_length(model)
     lines = [f"**{name}**", "",
-             f"- {model.num_parameters():,} parameters, context {context_length(model)} tokens, "
-             f"vocabulary {len(tokenizer):,}"]
+             f"- {model.num_parameters():,} parameters, context {context} tokens, vocabulary {len(tokenizer):,}"]
+    if context:
+        lines.append(f"- replies of up to {context // 2} tokens (half the context; the rest holds the prompt)")
     if training:
         data = training.get("dataset_name") or ", ".join(training.get("inputs", []))
         lines.append(f"- trained on {data}: {training.get('train_tokens', 0):,} tokens, "
@@ -102,6 +104,19 @@ class ModelShelf:
         self.names = list(self._sources)
         self._loaded: dict[str, tuple] = {}
         self._lock = threading.Lock()
+
+    def longest_reply(self) -> int:
+        """The most new tokens any of the models allows (half its context, read from its config alone)."""
+        from transformers import AutoConfig
+
+        limits = []
+        for source in self._sources.values():
+            try:
+                config = AutoConfig.from_pretrained(source)
+            except (OSError, ValueError):
+                continue  # the page says why when the model is chosen
+            limits.append((getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 0)) // 2)
+        return max([limit for limit in limits if limit > 0] or [512])
 
     def get(self, name: str) -> tuple:
         """(model, tokenizer, card markdown) of the model shown as ``name``."""
@@ -275,7 +290,8 @@ def build_app(names: list[str], title: str = "scratchgpt"):
                 card = gr.Markdown(elem_id="card")
                 with gr.Accordion("Sampling", open=True):
                     controls = [
-                        gr.Slider(1, 512, value=DEFAULTS["max_new_tokens"], step=1, label="Max new tokens",
+                        gr.Slider(1, shelf.longest_reply(), step=1, label="Max new tokens",
+                                  value=min(DEFAULTS["max_new_tokens"], shelf.longest_reply()),
                                   elem_id="max-new-tokens"),
                         gr.Slider(0.0, 2.0, value=DEFAULTS["temperature"], step=0.05,
                                   label="Temperature (0: greedy)", elem_id="temperature"),

@@ -29,16 +29,18 @@ __all__ = ["context_length", "check_sampling", "generate_text", "chat_reply", "s
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_MAX_NEW_TOKENS = 100  # for a model whose config gives no context length
+
 
 def context_length(model: PreTrainedModel) -> int | None:
     return getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+def check_sampling(max_new_tokens: int | None, temperature: float, top_k: int | None, top_p: float | None,
                    repetition_penalty: float | None) -> None:
     """Raise ``ValueError`` (one line naming the setting) for a value generation cannot use."""
     problems = [
-        (max_new_tokens < 1, f"max_new_tokens must be at least 1, got {max_new_tokens}"),
+        (max_new_tokens is not None and max_new_tokens < 1, f"max_new_tokens must be at least 1, got {max_new_tokens}"),
         (not 0 <= temperature < math.inf, f"temperature must be a finite number >= 0 (0 for greedy decoding), got "
                                           f"{temperature}"),
         (top_k is not None and top_k < 0, f"top_k must be >= 0 (0 for no top-k filter), got {top_k}"),
@@ -89,6 +91,8 @@ class _StopOnEvent(StoppingCriteria):
 def _generate(model, tokenizer, ids: torch.Tensor, max_new_tokens: int, streamer=None, stopping_criteria=None,
               **sampling) -> str:
     context = context_length(model)
+    if max_new_tokens is None:  # as many as fit: half the context (the other half is kept for the prompt)
+        max_new_tokens = context // 2 if context is not None else DEFAULT_MAX_NEW_TOKENS
     if context is not None:
         if max_new_tokens > context // 2:  # leave at least half the context to the prompt
             logger.warning("max_new_tokens %d capped at %d: half the model's context of %d is kept for the prompt",
@@ -104,10 +108,12 @@ def _generate(model, tokenizer, ids: torch.Tensor, max_new_tokens: int, streamer
     return tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def generate_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int = 100,
+def generate_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str,
+                  max_new_tokens: int | None = None,
                   temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None,
                   repetition_penalty: float | None = None, stream: bool = False) -> str:
-    """Continue ``prompt``; returns the new text. ``temperature <= 0`` is greedy. With ``stream``, tokens are
+    """Continue ``prompt``; returns the new text. ``max_new_tokens`` defaults to half the model's context (the most
+    it allows; more is capped there, with a warning). ``temperature <= 0`` is greedy. With ``stream``, tokens are
     printed to stdout as they come (the prompt first). Seed with ``transformers.set_seed`` for reproducibility."""
     check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     ids = _prompt_ids(tokenizer, prompt)
@@ -117,8 +123,8 @@ def generate_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
 
 
 def chat_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
-               max_new_tokens: int = 100, temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None,
-               repetition_penalty: float | None = None, stream: bool = False) -> str:
+               max_new_tokens: int | None = None, temperature: float = 0.8, top_k: int | None = 50,
+               top_p: float | None = None, repetition_penalty: float | None = None, stream: bool = False) -> str:
     """The assistant's next turn after ``messages`` (``[{"role", "content"}]``), stopping at the end-of-turn token."""
     check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     ids = _prompt_ids(tokenizer, messages)
@@ -128,7 +134,7 @@ def chat_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messa
 
 
 def stream_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]],
-                 max_new_tokens: int = 100, temperature: float = 0.8, top_k: int | None = 50,
+                 max_new_tokens: int | None = None, temperature: float = 0.8, top_k: int | None = 50,
                  top_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
                  stop: threading.Event | None = None) -> Iterator[str]:
     """The reply to ``prompt`` (a text to continue, or a chat's messages), yielded as it grows: each item is the

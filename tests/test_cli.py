@@ -234,7 +234,25 @@ def test_chat_reads_messages_from_a_file(tmp_path, capsys):
     (tmp_path / "messages.txt").write_text("Hello there\nHow are you?\n")
     assert main(["chat", folder, "--input", str(tmp_path / "messages.txt"), "--seed", "0", "--max-new-tokens",
                  "8"]) == 0
-    assert capsys.readouterr().out.count("assistant> ") == 2
+    printed = capsys.readouterr().out
+    assert printed.count("assistant> ") == 2 and printed.index("you> Hello there\n") < printed.index(
+        "you> How are you?\n")  # the user's lines are echoed, as in a terminal
+
+
+def test_replies_take_half_the_context_by_default_without_a_warning(tmp_path, capsys, caplog):
+    """The default is the most the model allows (half its context, 32 for context 64): no "capped" warning on
+    every turn; an explicit larger value is capped with one."""
+    folder = str(chat_model_folder(tmp_path / "model"))
+    caplog.set_level("WARNING", logger="scratchgpt")
+    assert main(["generate", folder, "--prompt", "Hi", "--temperature", "0", "--no-stream"]) == 0
+    assert "capped" not in caplog.text
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        greedy = model.generate(tokenizer("Hi", return_tensors="pt").input_ids, max_new_tokens=32, do_sample=False,
+                                eos_token_id=None)
+    assert capsys.readouterr().out.strip() == tokenizer.decode(greedy[0], skip_special_tokens=True).strip()
+    assert main(["generate", folder, "--prompt", "Hi", "--max-new-tokens", "100", "--no-stream"]) == 0
+    assert "max_new_tokens 100 capped at 32" in caplog.text
 
 
 def test_evaluate_prints_json(tmp_path, capsys):
