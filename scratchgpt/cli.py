@@ -260,8 +260,6 @@ def _train(args: argparse.Namespace) -> None:
         argv += ["--output_dir", str(Path("runs") / (Path(files[0].rstrip("/\\")).stem or "own-text"))]
     if "vocab_size" not in given:
         argv += ["--vocab_size", str(own_text_vocab_size(files)), "--vocab_size_at_most", "true"]
-    logging.getLogger().setLevel(logging.WARNING)  # the libraries' info lines off; the run's stages stay
-    logging.getLogger("scratchgpt").setLevel(logging.INFO)
     metrics = run_training(argv + keys)
     if not (metrics.get("already_complete") or "stopped" in metrics):
         print(run_summary(metrics))
@@ -375,9 +373,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # our own stage lines; the libraries' info lines (HTTP requests, file formats) and per-file bars stay off
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("scratchgpt").setLevel(logging.INFO)
+    if args.command not in ("train", "prepare", "tokenizer"):  # short ones: no "Loading weights" or "Writing shards"
+        _quiet_libraries()
     try:
         args.handler(args)
     except KeyboardInterrupt:

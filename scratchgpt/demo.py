@@ -363,8 +363,15 @@ def serve(app, max_queue: int = LIMITS["queue"], **launch_kwargs):
 
 def launch(names: list[str], host: str = "127.0.0.1", port: int | None = None, share: bool = False,
            max_queue: int = LIMITS["queue"]) -> None:
-    """Serve the page until interrupted (``scratchgpt demo``)."""
-    serve(build_app(names), max_queue=max_queue, server_name=host, server_port=port, share=share, inbrowser=False)
+    """Serve the page until interrupted (``scratchgpt demo``), saying where in one line (Gradio's own banner names
+    its Python arguments, not this command's flags)."""
+    app = build_app(names)
+    _, local_url, share_url = serve(app, max_queue=max_queue, server_name=host, server_port=port, share=share,
+                                    inbrowser=False, quiet=True, prevent_thread_lock=True)
+    where = f"{local_url} and {share_url}" if share_url else local_url
+    print(f"serving {', '.join(display_names(names))} at {where}; Ctrl-C stops"
+          + ("" if share else " (--share for a temporary public link)"), flush=True)
+    app.block_thread()
 
 
 SPACE_APP = '''"""The scratchgpt web demo for {models}: the same page as `scratchgpt demo`."""

@@ -303,3 +303,19 @@ def test_own_text_vocabulary_grows_with_the_corpus(tmp_path):
         sizes[kilobytes] = own_text_vocab_size([str(path)])
     assert sizes == {10: 512, 100: 1280, 1000: 4096, 5000: 8192}
     assert main(["train"]) == 1
+
+
+def test_short_commands_print_their_result_and_nothing_else(tmp_path):
+    """No library bars ("Writing model shards") or info lines (file formats, HTTP requests) on a short command."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "PYTHONPATH": str(repo)}
+    result = subprocess.run([sys.executable, "-m", "scratchgpt.cli", "convert", "legacy",
+                             str(repo / "examples" / "legacy-tiny"), str(tmp_path / "hub")],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("saved ScratchGPTForCausalLM (14,816 parameters)") and result.stderr == ""
+    result = subprocess.run([sys.executable, "-m", "scratchgpt.cli", "generate", str(tmp_path / "hub"), "--prompt",
+                             "ROMEO:", "--seed", "0"], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("ROMEO:") and result.stderr == "", result.stderr
