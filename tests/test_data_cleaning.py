@@ -74,3 +74,15 @@ def test_pieces_of_a_long_document_are_never_dropped_and_keep_their_edges():
     # the pieces stay (however short, and though two are equal); only the document's own start and end are stripped
     assert cleaned_texts(result) == ["Start of a long text\n", "x\n", "x"]
     assert report["too_short_removed"] == 1 and report["duplicates_removed"] == 0
+
+
+def test_a_document_in_pieces_counts_once():
+    """A long document is read in pieces (one record each): the report counts documents, as the split table does."""
+    rows = [{"text": f"piece {i} of the long one, " * 20, "messages": None, "document": 0, "piece": i,
+             "ends_document": i == 2} for i in range(3)]
+    rows += [{"text": "short", "messages": None, "document": 1, "piece": 0, "ends_document": True},
+             {"text": "a whole document of its own, long enough to keep", "messages": None, "document": 2,
+              "piece": 0, "ends_document": True}]
+    result, report = clean_documents(Dataset.from_list(rows, features=DOCUMENT_FEATURES), "balanced")
+    assert len(result) == 4  # the three pieces and the long single document
+    assert (report["documents_in"], report["too_short_removed"], report["documents_out"]) == (3, 1, 2)

@@ -88,6 +88,12 @@ def test_metadata_tokenizer_and_tensor_names(tmp_path):
     tied = to_gguf(trained_model(1000, tied=True), tok, tmp_path / "tied.gguf")
     assert "output.weight" not in {t.name for t in gguf.GGUFReader(tied).tensors}  # llama.cpp reuses token_embd
     assert not list(tmp_path.glob(".*partial"))
+    # an existing file is refused, as the command line does, unless asked to replace it
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="m.gguf: already exists"):
+        to_gguf(model, tok, path, dtype="f16")
+    assert path.read_bytes() == before
+    assert to_gguf(model, tok, path, dtype="f16", overwrite=True) == path and path.read_bytes() != before
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "q8_0"])

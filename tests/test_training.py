@@ -251,6 +251,16 @@ def test_overfitting_is_named_when_validation_rises_while_training_falls(evals, 
                                   "step 8 while the training loss fell from 2.400 to 1.600")
 
 
+def test_a_run_without_logging_steps_logs_its_loss(tmp_path):
+    """transformers' default (every 500 steps) logs nothing in a 200-step run; ours is a share of the run."""
+    args = tiny_run_args(tmp_path, max_steps=100, save_steps=100, eval_steps=100)
+    i = args.index("--logging_steps")
+    del args[i: i + 2]
+    train(args)
+    state = json.loads((tmp_path / "run" / "checkpoint-100" / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == list(range(2, 101, 2))
+
+
 def test_warmup_longer_than_the_run_is_named(tmp_path, caplog):
     caplog.set_level("WARNING", logger="scratchgpt")
     metrics = train(tiny_run_args(tmp_path, warmup_steps=50, max_steps=4, save_steps=100, eval_steps=100))

@@ -112,15 +112,17 @@ def clean_documents(documents: Dataset, mode: str, num_proc: int | None = None) 
     long_enough |= pieces
     first |= pieces
     keep = long_enough & first
+    # documents, not records: a long document is read in ~8,000-character pieces, each a record, counted once here
+    ends = table.column("ends_document").to_numpy(zero_copy_only=False)
     report = {
         "mode": mode,
-        "documents_in": len(lengths),
+        "documents_in": int(ends.sum()),
         "documents_normalised": int(pc.sum(table.column("normalised")).as_py() or 0),
         "control_chars_removed": int(pc.sum(table.column("control_chars_removed")).as_py() or 0),
         "whitespace_chars_removed": int(pc.sum(table.column("whitespace_chars_removed")).as_py() or 0),
         "too_short_removed": int((~long_enough).sum()),
         "duplicates_removed": int((long_enough & ~first).sum()),
-        "documents_out": int(keep.sum()),
+        "documents_out": int((keep & ends).sum()),
     }
     kept = cleaned.select(np.flatnonzero(keep)).select_columns(documents.column_names)
     return kept, report

@@ -72,7 +72,7 @@ def to_gpt2(model: ScratchGPTForCausalLM) -> GPT2LMHeadModel:
 
 
 def to_gguf(model: ScratchGPTForCausalLM, tokenizer: PreTrainedTokenizerFast, path: str | Path,
-            dtype: str = "f32", name: str | None = None) -> Path:
+            dtype: str = "f32", name: str | None = None, overwrite: bool = False) -> Path:
     """A GGUF file for llama.cpp's gpt2 architecture (see ``gguf_export``); needs the ``gguf`` package
     (``pip install -e ".[gguf]"``)."""
     try:
@@ -81,7 +81,7 @@ def to_gguf(model: ScratchGPTForCausalLM, tokenizer: PreTrainedTokenizerFast, pa
         raise ImportError('GGUF export needs the gguf package: pip install -e ".[gguf]"') from None
     from .gguf_export import to_gguf as write_gguf
 
-    return write_gguf(model, tokenizer, path, dtype, name)
+    return write_gguf(model, tokenizer, path, dtype, name, overwrite)
 
 
 def from_gpt2(gpt2: GPT2LMHeadModel) -> ScratchGPTForCausalLM:

@@ -94,13 +94,14 @@ def _encode(array: np.ndarray, dtype: str):
 
 
 def to_gguf(model: ScratchGPTForCausalLM, tokenizer: PreTrainedTokenizerBase, path: str | Path,
-            dtype: str = "f32", name: str | None = None) -> Path:
+            dtype: str = "f32", name: str | None = None, overwrite: bool = False) -> Path:
     """Write ``model`` and ``tokenizer`` as one GGUF file at ``path`` (written beside it, renamed when complete).
 
     ``dtype``: ``f32``, ``f16``, ``bf16`` or ``q8_0`` for the matrices. ``name`` (``general.name``, which llama.cpp
     and Ollama show) defaults to the base name of the folder the model was loaded from: a published file carries no
-    local path. Raises ``ValueError`` (one line) for a tokenizer llama.cpp cannot run, a vocabulary that does not
-    match the model, or an unknown ``dtype``; a failed write (a full disk) as the ``OSError`` naming ``path``."""
+    local path. An existing ``path`` is refused (``FileExistsError``) unless ``overwrite``, as the command line does.
+    Raises ``ValueError`` (one line) for a tokenizer llama.cpp cannot run, a vocabulary that does not match the
+    model, or an unknown ``dtype``; a failed write (a full disk) as the ``OSError`` naming ``path``."""
     import gguf
 
     if dtype not in GGUF_DTYPES:
@@ -113,6 +114,8 @@ def to_gguf(model: ScratchGPTForCausalLM, tokenizer: PreTrainedTokenizerBase, pa
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
     path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(handle)

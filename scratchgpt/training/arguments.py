@@ -137,11 +137,14 @@ MUON = "muon"
 @dataclass
 class ScratchGPTTrainingArguments(TrainingArguments):
     """transformers' ``TrainingArguments`` plus ``optim: muon`` and Muon's own settings (scratchgpt/training/
-    optimizers.py). transformers validates ``optim`` against its own optimizers, which do not include Muon."""
+    optimizers.py), and a ``logging_steps`` that is a share of the run. transformers validates ``optim`` against its
+    own optimizers, which do not include Muon."""
 
     optim: str = field(default=TrainingArguments.optim, metadata={  # a str: HfArgumentParser would offer only the enum
         "help": "the optimizer: 'muon' (Muon on the blocks' matrices, AdamW on embeddings, head, LayerNorms and "
                 "biases), or one of transformers' (adamw_torch, adamw_torch_fused, ...)"})
+    logging_steps: float = field(default=0.02, metadata={  # transformers' 500 logs nothing in a short run
+        "help": "log the training loss every this many steps; below 1, a share of the run (default 0.02: 50 lines)"})
     muon_learning_rate: float = field(default=0.02, metadata={
         "help": "optim muon: Muon's peak learning rate (learning_rate stays AdamW's; the scheduler scales both)"})
     muon_momentum: float = field(default=0.95, metadata={"help": "optim muon: Muon's momentum (Nesterov)"})
