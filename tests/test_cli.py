@@ -319,3 +319,19 @@ def test_short_commands_print_their_result_and_nothing_else(tmp_path):
     result = subprocess.run([sys.executable, "-m", "scratchgpt.cli", "generate", str(tmp_path / "hub"), "--prompt",
                              "ROMEO:", "--seed", "0"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("ROMEO:") and result.stderr == "", result.stderr
+
+
+def test_prepare_shows_one_bar_per_long_stage(tmp_path):
+    """Tokenizing keeps its bar (named by split); reading, packing and saving say nothing misleading."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    result = subprocess.run([sys.executable, "-m", "scratchgpt.cli", "prepare", "--tokenizer", str(tmp_path / "tok"),
+                             "--input", str(repo / "examples" / "chats.jsonl"), "--block-size", "32", "--output",
+                             str(tmp_path / "data")], capture_output=True, text=True, timeout=120,
+                            env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+    assert result.returncode == 0, result.stderr
+    assert "Tokenizing train" in result.stderr and "Tokenizing validation" in result.stderr
+    for misleading in ("Generating train split", "Saving the dataset"):
+        assert misleading not in result.stderr, misleading

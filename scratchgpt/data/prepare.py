@@ -29,6 +29,7 @@ import json
 import logging
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -267,12 +268,30 @@ def _check_conversations(files: list[str], text_documents: str, document_separat
             break
 
 
+@contextmanager
+def _no_bar():
+    """datasets' progress bar off for one step whose bar would mislead (``from_generator`` calls every table it
+    writes "Generating train split", the validation blocks too) or say nothing (saving); the long steps, cleaning
+    and tokenizing, keep theirs, named by their ``desc``."""
+    import datasets
+
+    was_off = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_off:
+            datasets.enable_progress_bars()
+
+
 def _read_documents(files: list[str], text_documents: str, document_separator: str, cache: str,
                     fingerprint: str) -> Dataset:
     try:
-        return Dataset.from_generator(
-            _document_records, features=DOCUMENT_FEATURES, cache_dir=cache, fingerprint=fingerprint,
-            gen_kwargs={"inputs": files, "text_documents": text_documents, "document_separator": document_separator})
+        with _no_bar():
+            return Dataset.from_generator(
+                _document_records, features=DOCUMENT_FEATURES, cache_dir=cache, fingerprint=fingerprint,
+                gen_kwargs={"inputs": files, "text_documents": text_documents,
+                            "document_separator": document_separator})
     except DatasetGenerationError as error:
         # datasets wraps whatever the reader raised; a bad-input error is the user's one-line message
         if isinstance(error.__cause__, (ValueError, OSError)):
@@ -373,6 +392,7 @@ def prepare_dataset(
 
         with staged_output(output, overwrite=existing is not None) as staging:
             cache = str(staging / "cache")
+            logger.info("prepare: reading %s", ", ".join(inputs))
             documents = _read_documents(files, text_documents, document_separator, cache, fingerprint[:32])
             if len(documents) == 0:
                 raise ValueError(f"no documents in {', '.join(inputs)}")
@@ -406,10 +426,12 @@ def prepare_dataset(
                 if masks is not None and not pc.any(pc.list_flatten(masks)).as_py():
                     raise ValueError(f"no block of the {name} split holds an assistant token: check that the "
                                      f"conversations have assistant turns")
-                splits[name] = Dataset.from_generator(
-                    pack_blocks, features=Features(block_features),
-                    cache_dir=cache, fingerprint=f"{fingerprint[:32]}-{name}",
-                    gen_kwargs={"token_dataset": token_ids, "block_size": block_size, "start": start, "stop": stop})
+                with _no_bar():
+                    splits[name] = Dataset.from_generator(
+                        pack_blocks, features=Features(block_features),
+                        cache_dir=cache, fingerprint=f"{fingerprint[:32]}-{name}",
+                        gen_kwargs={"token_dataset": token_ids, "block_size": block_size, "start": start,
+                                    "stop": stop})
                 counts[name] = {"documents": n_documents, "tokens": stop - start, "blocks": n_blocks,
                                 "tokens_dropped": stop - start - n_blocks * block_size}
                 if assistant_only_loss:
@@ -420,7 +442,8 @@ def prepare_dataset(
                     logger.info("%s: %s of %s tokens in blocks are trained (assistant turns), %s masked; %s blocks "
                                 "without an assistant token left out", name, f"{trained:,}", f"{kept * block_size:,}",
                                 f"{kept * block_size - trained:,}", f"{n_blocks - kept:,}")
-            DatasetDict(splits).save_to_disk(str(staging))
+            with _no_bar():
+                DatasetDict(splits).save_to_disk(str(staging))
             shutil.rmtree(cache)
             metadata = {**identity, "fingerprint": fingerprint, "split_method": method, "splits": counts,
                         "cleaning": cleaning, "conversations": conversations}
