@@ -322,7 +322,19 @@ def test_train_py_output_is_one_line_per_stage_and_ends_with_next_steps(tmp_path
     assert [s["prompt"] for s in metrics["samples"]] == ["Document number 0. The quick"]  # one file: one document
     assert metrics["training"]["chat"] is False
     assert "sample at step 8" not in result.stderr  # not logged again at the final evaluation
-    assert f"scratchgpt chat {tmp_path / 'run'}" in result.stdout and "push_to_hub.py" in result.stdout
+    # next steps for a text model: generate from its own first words (chat is offered to chat-trained models only)
+    assert f'scratchgpt generate {tmp_path / "run"} --prompt "Document number 0. The quick"' in result.stdout
+    assert "scratchgpt chat" not in result.stdout and "push_to_hub.py" in result.stdout
+
+
+def test_the_summary_offers_chat_to_chat_models_only():
+    from scratchgpt.training.report import run_summary
+
+    chat = run_summary({"global_step": 8, "output_dir": "runs/x", "training": {"chat": True}})
+    text = run_summary({"global_step": 8, "output_dir": "runs/x", "training": {"chat": False},
+                        "samples": [{"prompt": "It was", "reply": " a night"}]})
+    assert "scratchgpt chat runs/x" in chat and '--prompt "Once upon a time"' in chat
+    assert "scratchgpt chat" not in text and 'scratchgpt generate runs/x --prompt "It was"' in text
 
 
 SIZE_OPTIONS = ("--n_layer", "--n_embd", "--n_head", "--n_inner", "--n_positions", "--preset")
