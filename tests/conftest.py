@@ -45,6 +45,13 @@ def pytest_collection_modifyitems(config, items):
     if not (shutil.which("node") and HF_JINJA.is_dir()):
         skips["hfjinja"] = pytest.mark.skip(reason=f"needs node and @huggingface/jinja: npm install --prefix "
                                                    f"{HF_JINJA.parents[2]} @huggingface/jinja@0.5")
+    from .testing_utils import OLD_PYTHON, OLDEST_TRANSFORMERS
+
+    if not OLD_PYTHON.is_file():
+        skips["oldtransformers"] = pytest.mark.skip(
+            reason=f"needs a virtual environment with transformers {OLDEST_TRANSFORMERS}: python3 -m venv "
+                   f"{OLD_PYTHON.parents[1]} && {OLD_PYTHON.parent}/pip install 'torch>=2.6,<2.14' "
+                   f"transformers=={OLDEST_TRANSFORMERS} (.ci/run builds it)")
     for item in items:
         for marker, skip in skips.items():
             if marker in item.keywords:

@@ -13,7 +13,7 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from scratchgpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTModel
 from scratchgpt.modeling.loss_scratchgpt import chunked_causal_lm_loss
 
-from .testing_utils import tiny_config, tiny_tokenizer
+from .testing_utils import OLD_PYTHON, OLDEST_TRANSFORMERS, tiny_config, tiny_tokenizer
 
 
 def tiny_model(attn_implementation="sdpa", **overrides) -> ScratchGPTForCausalLM:
@@ -552,3 +552,62 @@ def test_the_longest_sequence_may_be_given_without_positions():
         model(ids, position_ids=positions, max_length_q=12, max_length_k=12)
         with pytest.raises(ValueError, match="sequence of 20 tokens"):
             model(ids, position_ids=positions, max_length_q=20, max_length_k=20)
+
+
+OLD_CHECK = """
+import sys, torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+assert "scratchgpt" not in sys.modules
+folder = sys.argv[1]
+ref = torch.load(folder + "/../ref.pt")
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+with torch.no_grad():
+    torch.save({"ids": tokenizer("The quick brown fox").input_ids, "logits": model(ref["ids"]).logits,
+                "greedy": model.generate(ref["ids"], max_new_tokens=12, do_sample=False),
+                "bare": type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__},
+               folder + "/../old.pt")
+"""
+
+
+@pytest.mark.oldtransformers
+def test_a_saved_model_runs_on_the_oldest_transformers_admitted(tmp_path):
+    """The checkpoint's own code (trust_remote_code, scratchgpt not installed) under the oldest transformers that
+    setup.cfg admits, which calls the cache `past_key_values`: the same logits, greedy tokens and tokenizer ids, and
+    the bare model through AutoModel (vLLM's transformers backend builds it so)."""
+    import importlib.metadata
+    import json
+
+    tokenizer = tiny_tokenizer()
+    model = ScratchGPTForCausalLM(tiny_config(vocab_size=len(tokenizer))).eval()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["auto_map"]["AutoModel"] == \
+        "modeling_scratchgpt.ScratchGPTModel"
+    ids = tokenizer("The quick brown fox", return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = {"logits": model(ids).logits, "greedy": model.generate(ids, max_new_tokens=12, do_sample=False)}
+    torch.save({"ids": ids}, tmp_path / "ref.pt")
+    result = subprocess.run([str(OLD_PYTHON), "-c", OLD_CHECK, str(tmp_path / "model")], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=300, stdin=subprocess.DEVNULL,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    old = torch.load(tmp_path / "old.pt")
+    assert importlib.metadata.version("transformers") != OLDEST_TRANSFORMERS  # two versions really compared
+    torch.testing.assert_close(old["logits"], expected["logits"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(old["greedy"], expected["greedy"]) and old["ids"] == ids[0].tolist()
+    assert old["bare"] == "ScratchGPTModel"
+
+
+def test_a_packed_row_longer_than_the_context_runs_under_compile(monkeypatch):
+    """vLLM packs every request into one row with explicit positions and compiles the model: the row may be longer
+    than the context (each sequence fits), and under compile the positions are not read back to check it."""
+    model = ScratchGPTForCausalLM(tiny_config(n_positions=16)).eval()
+    first, second = torch.randint(0, 300, (1, 12)), torch.randint(0, 300, (1, 10))
+    row = torch.cat([first, second], dim=1)  # 22 tokens > n_positions 16
+    positions = torch.cat([torch.arange(12), torch.arange(10)]).unsqueeze(0)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with torch.no_grad():
+        packed = model(row, position_ids=positions, use_cache=False).logits
+        alone = model(second, use_cache=False).logits
+    torch.testing.assert_close(packed[:, 12:], alone, atol=1e-5, rtol=1e-5)

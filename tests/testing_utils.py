@@ -14,6 +14,10 @@ from scratchgpt.tokenization import train_bpe_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# the oldest transformers setup.cfg admits, in a virtual environment of its own (.ci/run builds it)
+OLDEST_TRANSFORMERS = "5.5.0"
+OLD_PYTHON = Path(__file__).resolve().parents[1] / ".venv" / f"transformers-{OLDEST_TRANSFORMERS}" / "bin" / "python"
+
 SAMPLE_TEXT = (
     "The quick brown fox jumps over the lazy dog. Hello world! How are you today? "
     "I am fine, thanks. Language models predict the next token from the ones before it. "

@@ -12,6 +12,7 @@ scratchgpt installed), so it imports nothing but torch, transformers and the two
 copies those along).
 """
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -33,6 +34,11 @@ from .loss_scratchgpt import chunked_causal_lm_loss
 
 
 __all__ = ["ScratchGPTPreTrainedModel", "ScratchGPTModel", "ScratchGPTForCausalLM"]
+
+# transformers 5.24 calls the key/value cache `cache` (generate's argument, create_causal_mask's, the output fields);
+# earlier 5.x releases call it `past_key_values`. This file runs wherever it is loaded with trust_remote_code, on
+# either: it takes both names and speaks to the library in the one it knows.
+CACHE_NAME = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 
 def eager_attention_forward(
@@ -205,6 +211,7 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        past_key_values: Cache | None = None,  # the older name of `cache` (transformers < 5.24)
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
@@ -213,6 +220,7 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        cache = cache if cache is not None else past_key_values
         if self.training and cache is None:
             # no cache in training: it is never read there, checkpointing's recomputation would append to it twice,
             # and a cache makes create_causal_mask ignore the per-sequence positions of packed batches
@@ -229,8 +237,10 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
             # at 0 for each) may be longer than the context, if its longest sequence fits: TRL says how long that
             # is (max_length_q); otherwise the positions do (one device sync, on this rare path only)
             longest = kwargs.get("max_length_q")
-            if longest is None and position_ids is not None and not torch.compiler.is_compiling():
-                longest = int(position_ids.max()) + 1 - past_len
+            if longest is None and position_ids is not None:
+                # under torch.compile (vLLM packs every request into one row) the positions cannot be read
+                # without a graph break: the position-embedding lookup bounds them instead
+                longest = 0 if torch.compiler.is_compiling() else int(position_ids.max()) + 1 - past_len
             longest = seq_len if longest is None else longest
             if past_len + longest > self.config.n_positions:
                 raise ValueError(
@@ -245,8 +255,8 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            cache=cache,
             position_ids=position_ids,
+            **{CACHE_NAME: cache},
         )
 
         all_hidden_states = () if output_hidden_states else None
@@ -267,9 +277,9 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
 
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            cache=cache if use_cache else None,
             hidden_states=all_hidden_states,
             attentions=all_attentions,
+            **{CACHE_NAME: cache if use_cache else None},
         )
 
     @staticmethod
@@ -308,6 +318,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         skip_logits: bool | None = None,
+        past_key_values: Cache | None = None,  # the older name of `cache` (transformers < 5.24)
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits (B, T, V) and, with ``labels``, the mean next-token cross-entropy (the labels are shifted here).
@@ -330,7 +341,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
+            cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -353,7 +364,14 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # vLLM's transformers backend builds the bare model through AutoModel: name it beside AutoModelForCausalLM
+        if getattr(self, "_auto_class", None) is not None:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                    "AutoModel": f"{type(self.model).__module__.split('.')[-1]}.ScratchGPTModel"}
+        return super().save_pretrained(save_directory, *args, **kwargs)
