@@ -54,8 +54,8 @@ MUTATIONS = [
     ("scratchgpt/training/finetuning.py", "    if adapted_head and model.config.tie_word_embeddings:",
      "    if False:", "LoRA on a tied head is accepted", "tests/test_finetuning.py -k tied_head"),
     ("scratchgpt/modeling/modeling_scratchgpt.py",
-     "            cache=cache,\n            position_ids=position_ids,\n        )",
-     "            cache=cache,\n            position_ids=None,\n        )",
+     "            position_ids=position_ids,\n            **{CACHE_NAME: cache},\n        )",
+     "            position_ids=None,\n            **{CACHE_NAME: cache},\n        )",
      "packed sequences attend across each other", "tests/test_trl.py -k sft"),
     # the newer modules, each against the test that states its rule
     ("scratchgpt/training/finetuning.py", '"lora_dropout": model_args.lora_dropout,', '"lora_dropout": 0.0,',
