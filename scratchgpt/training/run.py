@@ -367,6 +367,11 @@ def _total_steps(training_args, n_train_blocks: int) -> int:
     return max(1, math.ceil(n_train_blocks / per_step * training_args.num_train_epochs))
 
 
+def _tokens_per_step(training_args, block_size: int) -> int:
+    return (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+            * training_args.world_size * block_size)
+
+
 def _warmup_warning(training_args, total_steps: int) -> str | None:
     warmup = training_args.get_warmup_steps(total_steps)
     if warmup < total_steps:
@@ -428,7 +433,6 @@ def _training_summary(training_args, data_args: DataArguments, model_args: Model
         threads = torch.get_num_threads()
         hardware = f"CPU ({training_args.world_size} process{'es' if training_args.world_size > 1 else ''}, " \
                    f"{threads} thread{'s' if threads > 1 else ''})"
-    batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     return {
         # names only: metrics.json and the model card are published, and local paths name users and folders
         "inputs": public_names(data_args.inputs),
@@ -446,7 +450,7 @@ def _training_summary(training_args, data_args: DataArguments, model_args: Model
                  "target_modules": list(model_args.lora_target_modules or LORA_TARGET_MODULES),
                  "modules_to_save": model_args.lora_modules_to_save} if model_args.use_peft else None,
         "block_size": block_size,
-        "tokens_per_step": batch * training_args.world_size * block_size,
+        "tokens_per_step": _tokens_per_step(training_args, block_size),
         "learning_rate": training_args.learning_rate,
         "lr_scheduler": str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)),
         "warmup_steps": training_args.get_warmup_steps(total_steps),
@@ -597,10 +601,9 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         if training_args.optim == MUON else None,
     )
     total_steps = _total_steps(training_args, len(trainer.train_dataset))
-    tokens_per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-                       * training_args.world_size * block_size)
     warnings = [warning for warning in (_warmup_warning(training_args, total_steps),
-                                        _epochs_warning(training_args, total_steps, tokens_per_step,
+                                        _epochs_warning(training_args, total_steps,
+                                                        _tokens_per_step(training_args, block_size),
                                                         len(trainer.train_dataset) * block_size)) if warning]
     for warning in warnings:
         logger.warning(warning)
@@ -646,8 +649,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         logger.info("saved the LoRA adapter in %s", adapter)
     _save_final_model(trainer, output_dir)
     logger.info("saved the model, tokenizer and metrics in %s", output_dir)
-    metrics["training"] = {**_training_summary(training_args, data_args, model_args, block_size,
-                                               read_metadata(data_path), total_steps, replay), "chat": chat}
+    metrics["training"] = {**_training_summary(training_args, data_args, model_args, block_size, data_info,
+                                               total_steps, replay), "chat": chat}
     if trainer.is_world_process_zero():
         if not parameters_are_sharded(training_args):
             replies = generate_samples(trainer.model, tokenizer, data_args.sample_prompts,
