@@ -32,7 +32,7 @@ from .loading import check_model_folder, check_tokenizer_fits, load_model_and_to
 from .modeling import ScratchGPTForCausalLM
 from .modeling.convert import convert_legacy_checkpoint, from_gpt2, to_gguf, to_gpt2
 from .staging import refuse_existing, staged_output
-from .tokenization import bytes_per_token, hold_out, train_tokenizer
+from .tokenization import bytes_per_token, hold_out, save_tokenizer, train_tokenizer
 
 
 __all__ = ["main", "save_model_folder"]
@@ -43,7 +43,7 @@ def save_model_folder(model: PreTrainedModel, dst: str, tokenizer: PreTrainedTok
     with staged_output(dst) as staging:
         model.save_pretrained(staging)
         if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
+            save_tokenizer(tokenizer, staging)
 
 
 def _require_model_folder(src: str, model_type: str | None = None) -> None:
@@ -96,7 +96,7 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
     texts, held_out = hold_out(iter_texts(piece for piece, _ in pieces))
     tokenizer = train_tokenizer(texts, args.type, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
     with staged_output(args.output) as staging:
-        tokenizer.save_pretrained(staging)
+        save_tokenizer(tokenizer, staging)
     compression = f"{bytes_per_token(tokenizer, held_out):.2f} bytes/token" if held_out else "n/a (input too small)"
     print(f"vocabulary size: {len(tokenizer):,} ({args.type})")
     print(f"compression on held-out text ({len(held_out):,} texts): {compression}")

@@ -45,13 +45,12 @@ def pytest_collection_modifyitems(config, items):
     if not (shutil.which("node") and HF_JINJA.is_dir()):
         skips["hfjinja"] = pytest.mark.skip(reason=f"needs node and @huggingface/jinja: npm install --prefix "
                                                    f"{HF_JINJA.parents[2]} @huggingface/jinja@0.5")
-    from .testing_utils import OLD_PYTHON, OLDEST_TRANSFORMERS
+    from .testing_utils import TOOL_PYTHONS
 
-    if not OLD_PYTHON.is_file():
-        skips["oldtransformers"] = pytest.mark.skip(
-            reason=f"needs a virtual environment with transformers {OLDEST_TRANSFORMERS}: python3 -m venv "
-                   f"{OLD_PYTHON.parents[1]} && {OLD_PYTHON.parent}/pip install 'torch>=2.6,<2.14' "
-                   f"transformers=={OLDEST_TRANSFORMERS} (.ci/run builds it)")
+    for marker, python in TOOL_PYTHONS.items():
+        if not python.is_file():
+            skips[marker] = pytest.mark.skip(reason=f"needs the virtual environment {python.parents[1].name}: "
+                                                    f"make tool-envs (.ci/run builds it)")
     for item in items:
         for marker, skip in skips.items():
             if marker in item.keywords:

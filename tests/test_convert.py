@@ -2,6 +2,8 @@
 original project's format written here from its description."""
 
 import json
+import os
+import subprocess
 
 import pytest
 import torch
@@ -9,9 +11,17 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from scratchgpt import ScratchGPTForCausalLM
+from scratchgpt.cli import main, save_model_folder
 from scratchgpt.modeling.convert import from_gpt2, load_legacy_checkpoint, to_gpt2
 
-from .testing_utils import LEGACY_CONFIG, legacy_state_dict, tiny_config, write_legacy_folder
+from .testing_utils import (
+    LEGACY_CONFIG,
+    TRANSFORMERS_4_PYTHON,
+    legacy_state_dict,
+    tiny_config,
+    tiny_tokenizer,
+    write_legacy_folder,
+)
 
 
 def random_ids(batch=2, length=16, vocab=300):
@@ -82,6 +92,47 @@ def test_gpt2_export_loads_without_remote_code(tmp_path):
     assert type(loaded) is GPT2LMHeadModel
     ids = random_ids()
     assert (loaded(ids).logits - model(ids).logits).abs().max().item() <= 1e-5
+
+
+TRANSFORMERS_4_CHECK = """
+import json, sys, torch, transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder = sys.argv[1]
+ids = torch.load(folder + "/../ids.pt")
+model = AutoModelForCausalLM.from_pretrained(folder).eval()
+tokenizer = AutoTokenizer.from_pretrained(folder)
+chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+with torch.no_grad():
+    torch.save({"version": transformers.__version__, "classes": [type(model).__name__, type(tokenizer).__name__],
+                "ids": tokenizer("The quick brown fox <|user|>").input_ids, "logits": model(ids).logits,
+                "greedy": model.generate(ids, max_new_tokens=12, do_sample=False),
+                "chat": tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)},
+               folder + "/../old.pt")
+"""
+
+
+@pytest.mark.transformers4
+def test_gpt2_export_loads_in_transformers_4(tmp_path):
+    """`scratchgpt convert to-gpt2`'s folder under transformers 4.57 (what optimum's ONNX exporter and other tools
+    pinned to 4.x run on): the same logits, greedy tokens, token ids and chat prompt as here."""
+    tokenizer = tiny_tokenizer()
+    model = perturb_norms(ScratchGPTForCausalLM(tiny_config(vocab_size=len(tokenizer)))).eval()
+    save_model_folder(model, str(tmp_path / "ours"), tokenizer)
+    assert main(["convert", "to-gpt2", str(tmp_path / "ours"), str(tmp_path / "gpt2")]) == 0
+    ids = tokenizer("The quick brown fox", return_tensors="pt").input_ids
+    torch.save(ids, tmp_path / "ids.pt")
+    result = subprocess.run([str(TRANSFORMERS_4_PYTHON), "-c", TRANSFORMERS_4_CHECK, str(tmp_path / "gpt2")],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300, stdin=subprocess.DEVNULL,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    old = torch.load(tmp_path / "old.pt")
+    assert old["version"].startswith("4.") and old["classes"] == ["GPT2LMHeadModel", "PreTrainedTokenizerFast"]
+    with torch.no_grad():
+        torch.testing.assert_close(old["logits"], model(ids).logits, atol=1e-5, rtol=1e-5)
+        assert torch.equal(old["greedy"], model.generate(ids, max_new_tokens=12, do_sample=False))
+    assert old["ids"] == tokenizer("The quick brown fox <|user|>").input_ids
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert old["chat"] == tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
 
 
 def test_from_gpt2_refuses_features_we_do_not_implement():

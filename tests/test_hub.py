@@ -84,7 +84,7 @@ def test_push_then_load_by_repo_id(trained, hub, tmp_path):
                                 capture_output=True, text=True, timeout=300, cwd=tmp_path, stdin=subprocess.DEVNULL)
         assert loaded.returncode == 0, loaded.stderr[-3000:]
         torch.testing.assert_close(torch.load(tmp_path / f"logits_{mode}.pt"), expected, atol=0, rtol=0)
-        # transformers 5 keeps the chat template only in chat_template.jinja: a chat model keeps its chat
+        # the chat template (tokenizer_config.json and chat_template.jinja) survives upload and download
         local = AutoTokenizer.from_pretrained(trained).apply_chat_template(
             [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], tokenize=False)
         assert (tmp_path / f"chat_{mode}.txt").read_text() == local and "<|assistant|>" in local

@@ -22,11 +22,12 @@ from scratchgpt.tokenization import (
     hold_out,
     load_legacy_tokenizer,
     plain_chat_template,
+    save_tokenizer,
     train_bpe_tokenizer,
     train_char_tokenizer,
 )
 
-from .testing_utils import FIXTURES, SAMPLE_TEXT
+from .testing_utils import FIXTURES, SAMPLE_TEXT, TRANSFORMERS_4_PYTHON
 
 
 LEGACY = FIXTURES / "legacy"
@@ -278,11 +279,19 @@ def test_char_tokenizer_vocab_size_keeps_the_most_frequent():
 # --- loading anywhere ------------------------------------------------------------------------------------------------
 
 
-def test_tokenizers_load_where_scratchgpt_is_not_importable(tmp_path):
+@pytest.mark.parametrize("python", [sys.executable,
+                                    pytest.param(str(TRANSFORMERS_4_PYTHON), marks=pytest.mark.transformers4)],
+                         ids=["this-transformers", "transformers-4.57"])
+def test_tokenizers_load_where_scratchgpt_is_not_importable(tmp_path, python):
+    """Our saved tokenizers under this transformers and under 4.57 (whose AutoTokenizer has no TokenizersBackend):
+    the same ids, text and chat prompt, with scratchgpt not importable."""
     tokenizers = {"bpe": bpe(), "char": train_char_tokenizer(chitchat_sample()[:100])}
     expected = {}
     for name, tokenizer in tokenizers.items():
-        tokenizer.save_pretrained(tmp_path / name)
+        save_tokenizer(tokenizer, tmp_path / name)
+        config = json.loads((tmp_path / name / "tokenizer_config.json").read_text())
+        assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+        assert config["chat_template"] == (tmp_path / name / "chat_template.jinja").read_text() == CHAT_TEMPLATE
         expected[name] = tokenizer("Hi there 😀 <|user|>", add_special_tokens=False).input_ids
     (tmp_path / "expected.json").write_text(json.dumps(expected))
     script = textwrap.dedent(f"""
@@ -299,7 +308,7 @@ def test_tokenizers_load_where_scratchgpt_is_not_importable(tmp_path):
             assert chat == "<|user|>\\nHi<|end|>\\n<|assistant|>\\n", chat
         print("tokenizers-ok")
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+    result = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=tmp_path,
                             env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tokenizers-ok" in result.stdout

@@ -14,9 +14,13 @@ from scratchgpt.tokenization import train_bpe_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-# the oldest transformers setup.cfg admits, in a virtual environment of its own (.ci/run builds it)
-OLDEST_TRANSFORMERS = "5.5.0"
-OLD_PYTHON = Path(__file__).resolve().parents[1] / ".venv" / f"transformers-{OLDEST_TRANSFORMERS}" / "bin" / "python"
+# Tools in virtual environments of their own, built by `make tool-envs` (.ci/run does): the test marker -> its python
+TOOL_VENVS = Path(__file__).resolve().parents[1] / ".venv"
+OLDEST_TRANSFORMERS = "5.5.0"  # the oldest transformers setup.cfg admits
+OLD_PYTHON = TOOL_VENVS / f"transformers-{OLDEST_TRANSFORMERS}" / "bin" / "python"
+TRANSFORMERS_4_PYTHON = TOOL_VENVS / "transformers-4.57" / "bin" / "python"
+VLLM_PYTHON = TOOL_VENVS / "vllm" / "bin" / "python"
+TOOL_PYTHONS = {"oldtransformers": OLD_PYTHON, "transformers4": TRANSFORMERS_4_PYTHON, "vllm": VLLM_PYTHON}
 
 SAMPLE_TEXT = (
     "The quick brown fox jumps over the lazy dog. Hello world! How are you today? "

@@ -1,6 +1,7 @@
 """Tokenizers: train byte-level BPE or character tokenizers, and load the original project's tokenizer files."""
 
 from .legacy import load_legacy_tokenizer
+from .portable import make_portable, save_tokenizer
 from .trainers import (
     CHAT_TEMPLATE,
     SPECIAL_TOKENS,
@@ -29,7 +30,9 @@ __all__ = [
     "has_assistant_markers",
     "hold_out",
     "load_legacy_tokenizer",
+    "make_portable",
     "plain_chat_template",
+    "save_tokenizer",
     "train_bpe_tokenizer",
     "train_char_tokenizer",
     "train_tokenizer",

@@ -14,6 +14,7 @@ import numpy as np
 from datasets import Dataset, concatenate_datasets
 from torch import nn
 
+from ..tokenization import save_tokenizer
 from .arguments import LORA_TARGET_MODULES, ModelArguments
 
 
@@ -99,7 +100,7 @@ def save_adapter(trainer, output_dir: Path) -> Path:
         staging = output_dir / f".{ADAPTER_FOLDER}.staging"
         shutil.rmtree(staging, ignore_errors=True)
         trainer.model.save_pretrained(staging)
-        trainer.processing_class.save_pretrained(staging)
+        save_tokenizer(trainer.processing_class, staging)
         shutil.rmtree(adapter, ignore_errors=True)
         staging.rename(adapter)
     trainer.model = trainer.model.merge_and_unload()

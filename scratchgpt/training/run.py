@@ -47,6 +47,8 @@ from ..tokenization import (
     UNMARKED_CHAT_TEMPLATE,
     generation_eos_token_ids,
     has_assistant_markers,
+    make_portable,
+    save_tokenizer,
     train_tokenizer,
 )
 from ..tokenization.trainers import BOS_EOS_TOKEN, PAD_TOKEN
@@ -211,7 +213,7 @@ def load_or_train_tokenizer(data_args: DataArguments, path: Path):
                                 show_progress=sys.stderr.isatty(),  # a bar only where one can be drawn
                                 at_most=data_args.vocab_size_at_most)
     with staged_output(path) as staging:  # a failed save leaves no half-written tokenizer
-        tokenizer.save_pretrained(staging)
+        save_tokenizer(tokenizer, staging)
     logger.info("tokenizer: %s tokens (%s), saved in %s", f"{len(tokenizer):,}", data_args.tokenizer_type, path)
     return tokenizer
 
@@ -330,6 +332,7 @@ def _save_final_model(trainer: Trainer, output_dir: Path) -> None:
         raise OSError(f"{output_dir}: the final model could not be written ({failed.strerror or failed}); the disk "
                       f"may be full; {kept}") from error
     if trainer.is_world_process_zero():
+        make_portable(staging)
         usual_permissions(staging)
         files = sorted(staging.iterdir(), key=lambda f: (f.suffix == ".safetensors" or f.name.endswith(".index.json"),
                                                           f.name))
