@@ -42,7 +42,13 @@ demo-chat: $(STAMP)
 # Tools whose pins clash with ours, each in a virtual environment of its own under .venv/, for the tests marked with
 # its name (skipped, with this line, where it is missing; .ci/run builds them). torch comes from pip's cache; vLLM's
 # CPU build brings PyPI's torchvision/torchaudio, which do not load beside a CPU torch and which text models never use.
-tool-envs: $(VENV)/transformers-5.5.0/bin/python $(VENV)/transformers-4.57/bin/python $(VENV)/vllm/bin/python
+tool-envs: $(VENV)/transformers-5.5.0/bin/python $(VENV)/transformers-4.57/bin/python $(VENV)/vllm/bin/python \
+		$(VENV)/transformersjs/node_modules/@huggingface/transformers
+
+# transformers.js for node; its install script would fetch onnxruntime's CUDA files, which node on the CPU never uses
+$(VENV)/transformersjs/node_modules/@huggingface/transformers:
+	ONNXRUNTIME_NODE_INSTALL=skip npm install --silent --no-audit --no-fund --prefix $(VENV)/transformersjs \
+		@huggingface/transformers@4.3
 
 $(VENV)/transformers-5.5.0/bin/python:
 	$(PYTHON) -m venv $(VENV)/transformers-5.5.0

@@ -6,6 +6,7 @@ place only when complete, so a failed or interrupted run leaves nothing that loo
 """
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -31,6 +32,7 @@ from .loading import check_model_folder, check_tokenizer_fits, load_model_and_to
     resolve_model
 from .modeling import ScratchGPTForCausalLM
 from .modeling.convert import convert_legacy_checkpoint, from_gpt2, to_gguf, to_gpt2
+from .modeling.onnx_export import ONNX_FILE, to_onnx
 from .staging import refuse_existing, staged_output
 from .tokenization import bytes_per_token, hold_out, save_tokenizer, train_tokenizer
 
@@ -61,13 +63,23 @@ def _tokenizer_beside(src: str) -> PreTrainedTokenizerBase | None:
 
 def _convert(args: argparse.Namespace) -> None:
     refuse_existing(args.dst)  # before the (possibly long) load
-    if args.direction == "to-gguf":
+    if args.direction in ("to-gguf", "to-onnx"):
         _require_model_folder(args.src, "scratchgpt")
         tokenizer = _tokenizer_beside(args.src)
         if tokenizer is None:
-            raise FileNotFoundError(f"{args.src}: no tokenizer beside the model; GGUF files carry their tokenizer")
+            kind = "GGUF files" if args.direction == "to-gguf" else "transformers.js folders"
+            raise FileNotFoundError(f"{args.src}: no tokenizer beside the model; {kind} carry their tokenizer")
         model = ScratchGPTForCausalLM.from_pretrained(args.src)
         check_tokenizer_fits(model.config, tokenizer, args.src)
+    if args.direction == "to-onnx":
+        if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:
+            raise ValueError('ONNX export needs the onnx package: pip install -e ".[onnx]"')
+        with staged_output(args.dst) as staging:
+            to_onnx(model, tokenizer, staging)
+        size = (Path(args.dst) / ONNX_FILE).stat().st_size
+        print(f"saved {args.dst} for transformers.js / ONNX Runtime ({ONNX_FILE}: float32, {size:,} bytes)")
+        return
+    if args.direction == "to-gguf":
         try:
             path = to_gguf(model, tokenizer, args.dst, args.dtype, name=args.name or Path(args.src).resolve().name)
         except ImportError as error:
@@ -281,12 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "generate with, chat with and evaluate ScratchGPT models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    convert = commands.add_parser("convert", help="convert model folders: ScratchGPT <-> GPT-2, legacy -> ScratchGPT")
-    convert.add_argument("direction", choices=["to-gpt2", "from-gpt2", "legacy", "to-gguf"],
+    convert = commands.add_parser("convert", help="convert model folders: ScratchGPT <-> GPT-2, legacy -> ScratchGPT, "
+                                  "ScratchGPT -> GGUF or ONNX")
+    convert.add_argument("direction", choices=["to-gpt2", "from-gpt2", "legacy", "to-gguf", "to-onnx"],
                          help="to-gpt2: ScratchGPT folder -> stock GPT2LMHeadModel folder; from-gpt2: the reverse; "
                               "legacy: an original-project checkpoint folder (config.json, pytorch_model.bin, "
                               "tokenizer.json) -> ScratchGPT folder; to-gguf: ScratchGPT folder -> one .gguf file "
-                              "for llama.cpp / Ollama")
+                              "for llama.cpp / Ollama; to-onnx: ScratchGPT folder -> a folder for transformers.js "
+                              "(browser, node) and ONNX Runtime")
     convert.add_argument("src", help="source folder (its tokenizer is carried along)")
     convert.add_argument("dst", help="destination folder (must not exist or be empty), or the .gguf file")
     convert.add_argument("--dtype", choices=["f32", "f16", "bf16", "q8_0"], default="f32",

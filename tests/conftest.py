@@ -45,7 +45,11 @@ def pytest_collection_modifyitems(config, items):
     if not (shutil.which("node") and HF_JINJA.is_dir()):
         skips["hfjinja"] = pytest.mark.skip(reason=f"needs node and @huggingface/jinja: npm install --prefix "
                                                    f"{HF_JINJA.parents[2]} @huggingface/jinja@0.5")
-    from .testing_utils import TOOL_PYTHONS
+    from .testing_utils import TOOL_PYTHONS, TRANSFORMERS_JS
+
+    if not (shutil.which("node") and TRANSFORMERS_JS.is_dir()):
+        skips["transformersjs"] = pytest.mark.skip(reason="needs node and transformers.js (npm @huggingface/"
+                                                          "transformers): make tool-envs (.ci/run does)")
 
     for marker, python in TOOL_PYTHONS.items():
         if not python.is_file():

@@ -21,6 +21,8 @@ OLD_PYTHON = TOOL_VENVS / f"transformers-{OLDEST_TRANSFORMERS}" / "bin" / "pytho
 TRANSFORMERS_4_PYTHON = TOOL_VENVS / "transformers-4.57" / "bin" / "python"
 VLLM_PYTHON = TOOL_VENVS / "vllm" / "bin" / "python"
 TOOL_PYTHONS = {"oldtransformers": OLD_PYTHON, "transformers4": TRANSFORMERS_4_PYTHON, "vllm": VLLM_PYTHON}
+# transformers.js (npm @huggingface/transformers), run by node
+TRANSFORMERS_JS = TOOL_VENVS / "transformersjs" / "node_modules" / "@huggingface" / "transformers"
 
 SAMPLE_TEXT = (
     "The quick brown fox jumps over the lazy dog. Hello world! How are you today? "
