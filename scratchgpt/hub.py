@@ -31,6 +31,8 @@ ALLOWED_FILES = [
     "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "chat_template.jinja", "vocab.json", "merges.txt", "training_curves.png", "metrics.json",
 ]
+# in the onnx/ folder of `scratchgpt convert to-onnx` (transformers.js): the graph and, for large ones, its weights
+ONNX_FILES = ["*.onnx", "*.onnx_data"]
 # a LoRA run's <output_dir>/adapter (PEFT's files and the tokenizer)
 ADAPTER_FILES = ["adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "chat_template.jinja"]
@@ -64,7 +66,11 @@ def select_files(folder: str | Path, include: list[str] = (), include_sensitive:
             return False
         return include_sensitive or not any(fnmatch.fnmatch(name.lower(), pattern) for pattern in SENSITIVE_FILES)
 
-    return _check_inside(folder, sorted(p for p in folder.iterdir() if p.is_file() and chosen(p.name)))
+    files = [p for p in folder.iterdir() if p.is_file() and chosen(p.name)]
+    if (folder / "onnx").is_dir():
+        files += [p for p in (folder / "onnx").iterdir()
+                  if p.is_file() and any(fnmatch.fnmatch(p.name, pattern) for pattern in ONNX_FILES)]
+    return _check_inside(folder, sorted(files))
 
 
 def _check_model_folder(folder: Path) -> dict:
@@ -144,7 +150,9 @@ def model_card(folder: str | Path, repo_id: str) -> str:
     card_data = ModelCardData(
         library_name="transformers",
         license="mit",
-        tags=["scratchgpt", "gpt2", "text-generation", "causal-lm"],
+        # the Hub lists transformers.js models by these tags
+        tags=["scratchgpt", "gpt2", "text-generation", "causal-lm"]
+        + (["transformers.js", "onnx"] if any((folder / "onnx").glob("*.onnx")) else []),
         datasets=data_names,
         pipeline_tag="text-generation",
         model_name=name,
@@ -250,11 +258,12 @@ def push_folder(folder: str | Path, repo_id: str, token: str | None = None, priv
     else:
         card, generated = model_card(folder, repo_id), {}
         files = [p for p in select_files(folder, include, include_sensitive) if p.name != "README.md"]
-    listing = [(p.name, p.stat().st_size) for p in files] + [(name, len(data)) for name, data in generated.items()]
+    in_repo = {p: p.relative_to(folder).as_posix() for p in files}  # onnx/model.onnx keeps its folder
+    listing = [(in_repo[p], p.stat().st_size) for p in files] + [(name, len(data)) for name, data in generated.items()]
     listing.append(("README.md", len(card.encode("utf-8"))))
     if dry_run:
         return {"files": listing, "card": card, "commit_url": None}
-    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
+    operations = [CommitOperationAdd(path_in_repo=in_repo[p], path_or_fileobj=str(p)) for p in files]
     operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in generated.items()]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
     commit_url = _commit(repo_id, operations, token, commit_message or f"Upload {folder.name} with scratchgpt",

@@ -6,10 +6,12 @@ import subprocess
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from scratchgpt import ScratchGPTForCausalLM
 from scratchgpt.cli import main as cli
 from scratchgpt.cli import save_model_folder
+from scratchgpt.hub import push_folder
 from scratchgpt.modeling.onnx_export import ONNX_FILE
 
 from .testing_utils import TRANSFORMERS_JS, tiny_config, tiny_tokenizer
@@ -60,7 +62,15 @@ def exported(tmp_path_factory):
 
 
 def test_the_folder_has_what_transformers_js_reads(exported):
+    """The graph's names and shapes as transformers.js reads them, and the GPT-2 weights beside it for transformers
+    (the same logits); the whole folder is what push_to_hub publishes."""
     model, tokenizer, folder = exported
+    ids = tokenizer(HELD_OUT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(folder).eval()(ids).logits, model(ids).logits)
+    published = {name for name, _ in push_folder(folder, "me/web", dry_run=True)["files"]}
+    assert published == {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                         "tokenizer_config.json", "chat_template.jinja", "onnx/model.onnx", "README.md"}
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "gpt2" and config["transformers.js_config"] == {"dtype": "fp32"}
     assert (config["n_layer"], config["n_head"], config["n_embd"]) == (2, 4, 64)

@@ -1,10 +1,11 @@
 """Export to ONNX for transformers.js (in the browser and in node) and ONNX Runtime, as a GPT-2 folder.
 
 transformers.js runs the models it knows by their config's ``model_type`` from ``onnx/model.onnx``. A ScratchGPT
-model is a GPT-2 (see ``convert.to_gpt2``), so the folder holds GPT-2's ``config.json`` (transformers.js reads
-``n_layer``, ``n_head`` and ``n_embd`` from it to build the cache), the generation config, the tokenizer files (the
-chat template also in ``tokenizer_config.json``, where transformers.js reads it; see ``tokenization.portable``) and
-one decoder graph, with the input and output names that transformers.js and optimum's exports use:
+model is a GPT-2 (see ``convert.to_gpt2``), so the folder is the GPT-2 export (``config.json``, from which
+transformers.js reads ``n_layer``, ``n_head`` and ``n_embd`` to build the cache; the weights, so that transformers
+loads the same folder; the generation config; the tokenizer files, with the chat template also in
+``tokenizer_config.json``, where transformers.js reads it, see ``tokenization.portable``) plus one decoder graph,
+with the input and output names that transformers.js and optimum's exports use:
 
     input_ids (B, T), attention_mask (B, P+T), position_ids (B, T),
     past_key_values.{i}.key / .value (B, H, P, D/H)  ->  logits (B, T, V), present.{i}.key / .value (B, H, P+T, D/H)
@@ -101,11 +102,10 @@ def to_onnx(model: ScratchGPTForCausalLM, tokenizer: PreTrainedTokenizerBase, fo
         _export_graph(model, folder / ONNX_FILE)
     finally:
         model.set_attn_implementation(attention)
-    gpt2.config.save_pretrained(folder)
+    gpt2.save_pretrained(folder)
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["transformers.js_config"] = {"dtype": "fp32"}
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    gpt2.generation_config.save_pretrained(folder)
     save_tokenizer(tokenizer, folder)
     return folder
