@@ -100,6 +100,16 @@ MUTATIONS = [
      "replay = replay.select(np.random.default_rng(seed).integers(0, len(replay), n_replay))",
      "replay blocks drawn with replacement (some many times, some never)",
      "tests/test_finetuning.py -k spreads_over"),
+    ("scratchgpt/tokenization/portable.py", '        config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS\n', "",
+     "saved tokenizers name TokenizersBackend, which transformers 4.x cannot load",
+     "tests/test_tokenization.py -k not_importable"),
+    ("scratchgpt/tokenization/portable.py", '        config["chat_template"] = template_path.read_text(encoding="utf-8")\n',
+     "        pass\n", "the chat template only in chat_template.jinja", "tests/test_tokenization.py -k not_importable"),
+    ("scratchgpt/modeling/onnx_export.py", "tuple({0: batch_size, 2: past} for _ in past_names))",
+     "tuple({0: batch_size} for _ in past_names))",
+     "an ONNX graph whose past has a fixed length (transformers.js' first step feeds none)", "tests/test_onnx.py"),
+    ("scratchgpt/modeling/onnx_export.py", 'config["transformers.js_config"] = {"dtype": "fp32"}', "pass",
+     "browsers would ask transformers.js for an 8-bit file the folder does not have", "tests/test_onnx.py"),
 ]
 
 
