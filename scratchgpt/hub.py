@@ -316,22 +316,30 @@ tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
 
 
 def push_space(space_id: str, models: list[str], token: str | None = None, private: bool = False,
-               dry_run: bool = False, retries: int = 3) -> dict:
-    """Create (or update) a Gradio Space ``space_id`` serving ``models`` (Hub ids) with scratchgpt's web demo.
+               dry_run: bool = False, retries: int = 3, static: bool = False) -> dict:
+    """Create (or update) a Gradio Space ``space_id`` serving ``models`` (Hub ids) with scratchgpt's web demo; or,
+    with ``static``, a static Space whose page runs ``models[0]`` (a ``convert to-onnx`` export) in the visitor's
+    browser (``static_space``).
 
-    Returns ``{"files": [(path_in_repo, size)], "commit_url": str | None}``; ``dry_run`` uploads nothing."""
-    from .demo import space_files
-
+    Returns ``{"files": [(path_in_repo, size)], "commit_url": str | None}`` (and, with ``dry_run``, which uploads
+    nothing, the page's program as ``"app"``)."""
     _check_repo_id(space_id)
     for model in models:
         _check_repo_id(model)
-    files = space_files(models)
+    if static:
+        from .static_space import space_files as static_files
+
+        files, program, sdk = static_files(models[0]), "index.html", "static"
+    else:
+        from .demo import space_files
+
+        files, program, sdk = space_files(models), "app.py", "gradio"
     listing = [(name, len(content)) for name, content in files.items()]
     if dry_run:
-        return {"files": listing, "commit_url": None, "app": files["app.py"].decode()}
+        return {"files": listing, "commit_url": None, "app": files[program].decode()}
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in files.items()]
     commit_url = _commit(space_id, operations, token, f"scratchgpt demo for {', '.join(models)}", retries,
-                         private=private, repo_type="space", space_sdk="gradio")
+                         private=private, repo_type="space", space_sdk=sdk)
     return {"files": listing, "commit_url": commit_url}
 
 
