@@ -395,7 +395,7 @@ gradio>=6,<7
 SPACE_MODULES = ("__init__.py", "demo.py", "generation.py", "loading.py", "modeling/__init__.py",
                  "modeling/configuration_scratchgpt.py", "modeling/loss_scratchgpt.py",
                  "modeling/modeling_scratchgpt.py", "tokenization/__init__.py", "tokenization/legacy.py",
-                 "tokenization/trainers.py")
+                 "tokenization/portable.py", "tokenization/trainers.py")
 
 
 def space_files(names: list[str], title: str | None = None) -> dict[str, bytes]:
