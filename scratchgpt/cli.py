@@ -264,8 +264,8 @@ def _train(args: argparse.Namespace) -> None:
         (i for i, token in enumerate(args.files_and_keys) if token.startswith("--")), len(args.files_and_keys))]]
     keys = args.files_and_keys[len(files):]
     if not files:
-        raise ValueError("give the text to train on: scratchgpt train FILE... (.txt, .jsonl or .parquet files, or "
-                         "folders of them)")
+        raise ValueError("give the text to train on: scratchgpt train FILE... (.txt, .jsonl, .json, .csv or .parquet "
+                         "files, or folders of them)")
     given = {token[2:].split("=")[0] for token in keys if token.startswith("--")}
     argv = [str(OWN_TEXT_RECIPE), "--inputs", *files]
     if "output_dir" not in given:
@@ -322,8 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
     train = tokenizer_commands.add_parser("train", help="train a byte-level BPE or character tokenizer")
     train.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                       help=".txt, .jsonl ('text' or 'messages'), .parquet, a folder of those, or 'chitchat' for the "
-                            "built-in corpus")
+                       help=".txt, .jsonl/.json ('text' or 'messages'), .csv ('text'), .parquet, compressed "
+                            "(.gz, .bz2, .xz, .zst), a folder of those, or 'chitchat' for the built-in corpus")
     train.add_argument("--output", required=True, metavar="DIR", help="folder to save the tokenizer to")
     train.add_argument("--type", choices=["bpe", "char"], default="bpe", help="tokenizer kind (default: bpe)")
     train.add_argument("--vocab-size", type=int, default=None, metavar="N",
@@ -336,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser("prepare", help="tokenize and pack a corpus into a memory-mapped Arrow dataset")
     prepare.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer folder (save_pretrained)")
     prepare.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                         help=".txt, .jsonl, .parquet, folders or globs of those, or 'chitchat'")
+                         help=".txt, .jsonl, .json, .csv, .parquet (compressed too: .gz, .bz2, .xz, .zst), folders "
+                              "or globs of those, or 'chitchat'")
     prepare.add_argument("--block-size", type=int, required=True, metavar="N", help="tokens per training block")
     prepare.add_argument("--output", required=True, metavar="DIR", help="folder for the prepared dataset")
     prepare.add_argument("--val-fraction", type=float, default=0.1, metavar="F",

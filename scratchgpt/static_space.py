@@ -96,7 +96,8 @@ try {{
   throw error;
 }}
 const chat = Boolean(tokenizer.chat_template);
-status.textContent = `${{MODEL}} runs in this page (${{chat ? "chat" : "it continues your text"}}; context ${{context}} tokens).`;
+const mode = chat ? "chat" : "it continues your text";
+status.textContent = `${{MODEL}} runs in this page (${{mode}}; context ${{context}} tokens).`;
 message.disabled = send.disabled = false;
 document.getElementById("max-new-tokens").max = context - 1;
 const messages = [];

@@ -110,6 +110,10 @@ MUTATIONS = [
      "an ONNX graph whose past has a fixed length (transformers.js' first step feeds none)", "tests/test_onnx.py"),
     ("scratchgpt/modeling/onnx_export.py", 'config["transformers.js_config"] = {"dtype": "fp32"}', "pass",
      "browsers would ask transformers.js for an 8-bit file the folder does not have", "tests/test_onnx.py"),
+    ("scratchgpt/data/sources.py", "                if self._in_frame and not self._frame.eof:\n",
+     "                if False:\n", "a cut-short .zst file read as if whole", "tests/test_data.py -k damaged"),
+    ("scratchgpt/data/sources.py", "return kind is not None and (compression is not None or kind not in _NOT_IN_FOLDERS)",
+     "return kind is not None", "a folder's tokenizer.json read as a corpus", "tests/test_data.py -k folders_leave"),
 ]
 
 

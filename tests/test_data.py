@@ -141,7 +141,7 @@ def test_chitchat_turns_become_alternating_messages():
         ("field.jsonl", b'{"body": "x"}\n', r"field.jsonl:1: expected an object with a 'text' string or a 'messages'"),
         ("role.jsonl", b'{"messages": [{"role": "bot", "content": "x"}]}\n', r"role.jsonl:1: unknown role 'bot'"),
         ("empty.txt", b"", r"empty.txt: file is empty"),
-        ("data.csv", b"a,b\n", r"data.csv: unsupported input type '.csv'"),
+        ("data.md", b"a,b\n", r"data.md: unsupported input type '.md'"),
     ],
 )
 def test_bad_input_names_the_file_and_line(tmp_path, name, content, message):
@@ -153,3 +153,130 @@ def test_bad_input_names_the_file_and_line(tmp_path, name, content, message):
 def test_missing_inputs_fail_before_reading(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt: no such file or folder"):
         resolve_inputs([write(tmp_path / "a.txt", "x"), str(tmp_path / "nope.txt")])
+
+
+# --- compressed files, JSON arrays, CSV ------------------------------------------------------------------------------
+
+
+def compress(data: bytes, suffix: str) -> bytes:
+    import bz2
+    import gzip
+    import lzma
+
+    import zstandard
+
+    return {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
+            ".zst": zstandard.ZstdCompressor().compress}[suffix](data)
+
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello\nthere"}]}
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zst"])
+def test_compressed_inputs_read_exactly_as_the_plain_files(tmp_path, suffix, monkeypatch):
+    monkeypatch.setattr(sources, "PIECE_CHARS", 40)  # several reads per line, and long documents in pieces
+    files = {"a.txt": (PLAY * 20).encode(), "b.jsonl": f"{json.dumps({'text': PLAY})}\n{json.dumps(CHAT)}\n".encode(),
+             "c.csv": b'text,n\r\n"two\nlines",1\r\nplain,2\r\n'}
+    plain = [write_into(tmp_path / "plain" / name, data) for name, data in files.items()]
+    packed = [write_into(tmp_path / "packed" / (name + suffix), compress(data, suffix)) for name, data in files.items()]
+    for mode in ("file", "paragraph", "separator"):
+        pieces = list(iter_document_pieces(packed, mode))
+        assert pieces == list(iter_document_pieces(plain, mode)) and len(pieces) > 10, mode
+
+
+def write_into(path, content: bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write(path, content)
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zst"])
+def test_a_damaged_compressed_file_is_named_in_one_line(tmp_path, suffix):
+    whole = compress(("some text of a corpus\n" * 5000).encode(), suffix)
+    path = write(tmp_path / f"cut.txt{suffix}", whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=rf"cut.txt{suffix}: not a readable {suffix} file .*damaged or cut short"):
+        list(iter_documents([path]))
+
+
+def test_invalid_utf8_in_a_compressed_file_names_its_line_and_byte(tmp_path):
+    path = write(tmp_path / "bad.txt.gz", compress(b"fine\nab\xffcd\n", ".gz"))
+    with pytest.raises(ValueError, match=r"bad.txt.gz:2: not valid UTF-8 \(invalid start byte at byte 3 of the line"):
+        list(iter_documents([path]))
+
+
+@pytest.mark.parametrize("layout", ["indented", "minified", "lines"])
+def test_json_arrays_stream_element_by_element(tmp_path, monkeypatch, layout):
+    monkeypatch.setattr(sources, "JSON_CHUNK_BYTES", 7)  # elements cross every chunk boundary
+    records = [{"text": PLAY}, CHAT, {"text": "é😀 last"}]
+    text = {"indented": json.dumps(records, indent=2, ensure_ascii=False),
+            "minified": json.dumps(records, separators=(",", ":"), ensure_ascii=False),
+            "lines": "\n".join(json.dumps(r) for r in records)}[layout]
+    path = write(tmp_path / "data.json", "\n " + text + "\n")
+    assert list(iter_documents([path])) == [PLAY, CHAT["messages"], "é😀 last"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('[{"text": "a"},\n {"text": ]', r"bad.json:2: invalid JSON"),
+    ('[{"text": "a"}\n {"text": "b"}]', r"bad.json:2: expected ',' or ']' between the array's elements"),
+    ('[{"text": "a"}] extra', r"bad.json:1: text after the end of the JSON array"),
+    ('[{"text": "a"}, {"body": "b"}]', r"bad.json: element 2: expected an object with a 'text' string"),
+    ('[{"text": "a"}', r"bad.json:1: expected ',' or ']'"),
+])
+def test_a_broken_json_array_is_named_with_its_line(tmp_path, content, message):
+    path = write(tmp_path / "bad.json", content)
+    with pytest.raises(ValueError, match=message):
+        list(iter_documents([path]))
+
+
+def test_an_unterminated_json_element_stops_at_the_size_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "JSON_CHUNK_BYTES", 64)
+    monkeypatch.setattr(sources, "_MAX_JSON_ELEMENT_CHARS", 1000)
+    reads = []
+    original = sources._text_chunks
+
+    def counted(path):
+        for chunk in original(path):
+            reads.append(len(chunk))
+            yield chunk
+
+    monkeypatch.setattr(sources, "_text_chunks", counted)
+    path = write(tmp_path / "open.json", '[{"text": "' + "x" * 100_000)
+    with pytest.raises(ValueError, match=r"open.json:1: invalid JSON \(Unterminated string"):
+        list(iter_documents([path]))
+    assert sum(reads) < 2000  # stopped near the limit, not at the end of the file
+
+
+def test_csv_text_column_verbatim(tmp_path):
+    content = '\ufeffid,text\n1,"Hello, world"\n2,"two\nlines ""quoted"""\n\n3,\n'
+    path = write(tmp_path / "data.csv", content)
+    assert list(iter_documents([path])) == ["Hello, world", 'two\nlines "quoted"', ""]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("id,body\n1,x\n", r"data.csv: expected a 'text' column, found id, body"),
+    ('text,id\n"a",1\n"b"\n', r"data.csv:3: 1 fields, but the header names 2"),
+    ('text\n"a\n', r"data.csv:2: not valid CSV"),
+])
+def test_bad_csv_names_the_file_and_line(tmp_path, content, message):
+    path = write(tmp_path / "data.csv", content)
+    with pytest.raises(ValueError, match=message):
+        list(iter_documents([path]))
+
+
+def test_input_formats_by_name(tmp_path):
+    assert sources.input_format("dump.jsonl.zst") == (".jsonl", ".zst")
+    assert sources.input_format("my.book.txt") == (".txt", None)
+    assert sources.input_format("a.parquet.gz") == (None, ".gz")
+    write(tmp_path / "notes.md.gz", b"x")
+    with pytest.raises(ValueError, match=r"notes.md.gz: unsupported input type '.md.gz'"):
+        resolve_inputs([str(tmp_path / "notes.md.gz")])
+
+
+def test_folders_leave_plain_json_and_csv_to_be_named(tmp_path):
+    """A corpus folder often holds a tokenizer's or a model's .json files: folders take .json and .csv only
+    compressed; a glob or a name takes them as they are."""
+    write(tmp_path / "a.jsonl", '{"text": "one"}\n')
+    write_into(tmp_path / "tokenizer" / "tokenizer.json", b"{}")
+    write(tmp_path / "table.csv", "text\ntwo\n")
+    write(tmp_path / "b.csv.gz", compress(b"text\nthree\n", ".gz"))
+    assert list(iter_documents([str(tmp_path)])) == ["one", "three"]
+    assert list(iter_documents([str(tmp_path / "*.csv")])) == ["two"]

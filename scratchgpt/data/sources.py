@@ -13,8 +13,14 @@ Inputs understood by ``iter_documents``:
   documents separated by one or more blank lines (``text_documents="paragraph"``, for corpora where a blank line
   really ends a document);
 - ``.jsonl``: one JSON object per line with a ``text`` string or a ``messages`` list;
+- ``.json``: the same objects as one JSON array (read element by element), or as JSON lines;
+- ``.csv``: a ``text`` column (a header line names the columns; quoted cells keep their line breaks);
 - ``.parquet``: a ``text`` (string) or ``messages`` column, read in record batches;
-- a folder: every file of those kinds under it, in sorted order; a glob pattern (``data/*.txt``) likewise;
+- any of those but parquet compressed, decompressed as it is read: ``.gz``, ``.bz2``, ``.xz`` (Python's own gzip,
+  bz2 and lzma) and ``.zst`` (Zstandard, with the ``zstandard`` package), e.g. ``dump.jsonl.zst``;
+- a folder: every file of those kinds under it, in sorted order, but plain ``.json`` and ``.csv`` files (as often
+  settings or tables as corpora: name them, or match them with a glob); a glob pattern (``data/*.txt``): every
+  file of those kinds it matches;
 - ``chitchat``: the built-in corpus of the ``chitchat-dataset`` package (7,168 human-to-human chats).
 
 Invalid UTF-8 is rejected, not repaired: the error names the file and line, so a corpus is never silently altered.
@@ -25,10 +31,15 @@ style pre-tokenizer) and a character tokenizer give the same ids for the pieces 
 single-file corpus streams with bounded memory and still tokenizes exactly as one document.
 """
 
+import bz2
 import codecs
+import csv
 import glob
+import gzip
+import io
 import json
 import logging
+import lzma
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -52,7 +63,8 @@ __all__ = [
 
 CHITCHAT = "chitchat"
 ROLES = ("system", "user", "assistant")
-SUFFIXES = (".txt", ".jsonl", ".parquet")
+SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 TEXT_DOCUMENTS = ("file", "separator", "paragraph")
 DEFAULT_SEPARATOR = "<|endoftext|>"
 PIECE_CHARS = 8192  # small enough that a tokenizing batch of 1,000 records stays ~10 MB of text
@@ -60,6 +72,26 @@ PIECE_CHARS = 8192  # small enough that a tokenizing batch of 1,000 records stay
 Document = str | list[dict[str, str]]
 
 logger = logging.getLogger(__name__)
+
+
+def input_format(path: str) -> tuple[str | None, str | None]:
+    """(format, compression) of an input by its name: ``dump.jsonl.zst`` -> (".jsonl", ".zst"), ``a.txt`` ->
+    (".txt", None); a format of None is not one we read (parquet is read only uncompressed)."""
+    suffixes = Path(path).suffixes
+    compression = suffixes[-1] if suffixes and suffixes[-1] in COMPRESSIONS else None
+    kind = (suffixes[-2] if len(suffixes) >= 2 else None) if compression else (suffixes[-1] if suffixes else None)
+    if kind not in SUFFIXES or (kind == ".parquet" and compression):
+        return None, compression
+    return kind, compression
+
+
+_KNOWN = ".txt, .jsonl, .json, .csv or .parquet (the first four also as .gz, .bz2, .xz or .zst)"
+_NOT_IN_FOLDERS = (".json", ".csv")  # uncompressed, found in a folder: a tokenizer's, a model's or a table's files
+
+
+def _in_folder(path: Path) -> bool:
+    kind, compression = input_format(path.name)
+    return kind is not None and (compression is not None or kind not in _NOT_IN_FOLDERS)
 
 
 def resolve_inputs(paths: Iterable[str]) -> list[str]:
@@ -71,16 +103,19 @@ def resolve_inputs(paths: Iterable[str]) -> list[str]:
             continue
         p = Path(path)
         if p.is_dir() or (glob.has_magic(path) and not p.exists()):
-            candidates = p.rglob("*") if p.is_dir() else map(Path, glob.glob(path, recursive=True))
-            found = sorted(str(f) for f in candidates if f.is_file() and f.suffix in SUFFIXES)
+            if p.is_dir():
+                found = sorted(str(f) for f in p.rglob("*") if f.is_file() and _in_folder(f))
+            else:
+                found = sorted(f for f in glob.glob(path, recursive=True)
+                               if os.path.isfile(f) and input_format(f)[0])
             if not found:
-                raise ValueError(f"{path}: matches no .txt, .jsonl or .parquet files")
+                raise ValueError(f"{path}: matches no {_KNOWN} files")
             files.extend(found)
         elif not p.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
-        elif p.suffix not in SUFFIXES:
-            raise ValueError(f"{path}: unsupported input type {p.suffix or '(no suffix)'!r}; "
-                             f"use .txt, .jsonl or .parquet")
+        elif input_format(p.name)[0] is None:
+            kind = "".join(p.suffixes[-2:]) or "(no suffix)"
+            raise ValueError(f"{path}: unsupported input type {kind!r}; use {_KNOWN}")
         elif p.stat().st_size == 0:
             raise ValueError(f"{path}: file is empty")
         else:
@@ -115,6 +150,81 @@ def _occurrences(text: str, separator: str, first: int, last: int):
         start = text.find(separator, start + 1)
 
 
+def _open(path: str):
+    """The file's bytes as a binary stream with ``readline``, decompressed as they are read."""
+    compression = input_format(path)[1]
+    if compression == ".gz":
+        return gzip.open(path, "rb")
+    if compression == ".bz2":
+        return bz2.open(path, "rb")
+    if compression == ".xz":
+        return lzma.open(path, "rb")
+    if compression == ".zst":
+        return io.BufferedReader(_ZstdStream(path))
+    return open(path, "rb")
+
+
+class _ZstdStream(io.RawIOBase):
+    """A Zstandard file decompressed as it is read, frame after frame. The zstandard package's own ``stream_reader``
+    ends quietly where a cut-short file ends; this says so (``zstandard.ZstdError``)."""
+
+    def __init__(self, path: str):
+        try:
+            import zstandard
+        except ImportError:
+            raise ValueError(f"{path}: reading .zst files needs the zstandard package: pip install zstandard") from None
+        self._zstandard, self._file = zstandard, open(path, "rb")
+        self._frame, self._in_frame, self._out = zstandard.ZstdDecompressor().decompressobj(), False, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out:
+            if self._frame.eof:  # the next frame starts with what the last one left over
+                rest = self._frame.unused_data
+                self._frame, self._in_frame = self._zstandard.ZstdDecompressor().decompressobj(), False
+                if rest:
+                    self._in_frame, self._out = True, self._frame.decompress(rest)
+                    continue
+            chunk = self._file.read(2**16)
+            if not chunk:
+                if self._in_frame and not self._frame.eof:
+                    raise self._zstandard.ZstdError("the file ends inside a frame")
+                return 0
+            self._in_frame, self._out = True, self._frame.decompress(chunk)
+        size = min(len(buffer), len(self._out))
+        buffer[:size], self._out = self._out[:size], self._out[size:]
+        return size
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _decompression_errors() -> tuple[type[BaseException], ...]:
+    """What the decompressors raise for a damaged or truncated file (gzip's BadGzipFile is an OSError)."""
+    errors = [OSError, EOFError, lzma.LZMAError]
+    try:
+        import zstandard
+
+        errors.append(zstandard.ZstdError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _read(path: str, handle, size: int, whole_lines: bool = True) -> bytes:
+    """``handle.readline(size)`` (or ``read``), with a damaged compressed file's error in one line naming it."""
+    try:
+        return handle.readline(size) if whole_lines else handle.read(size)
+    except _decompression_errors() as error:
+        compression = input_format(path)[1]
+        if compression is None:
+            raise
+        raise ValueError(f"{path}: not a readable {compression} file ({error}); is it damaged or cut short?") from None
+
+
 def _lines(path: str, cut_long_lines: bool = False, separator: str | None = None) -> Iterator[tuple[int, str]]:
     """(line number, text) pairs of a UTF-8 file, each line with its line end exactly as written. With
     ``cut_long_lines`` (plain text; a JSON line must stay whole), a line longer than ``PIECE_CHARS`` comes in several
@@ -123,9 +233,9 @@ def _lines(path: str, cut_long_lines: bool = False, separator: str | None = None
     with its exact line and byte column."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     line_number, offset, pending = 1, 0, ""  # offset: bytes of this line read so far
-    with open(path, "rb") as handle:
+    with _open(path) as handle:
         while True:
-            raw = handle.readline(PIECE_CHARS)
+            raw = _read(path, handle, PIECE_CHARS)
             held_back = len(decoder.getstate()[0])  # bytes of a character cut by the previous read
             try:
                 pending += decoder.decode(raw, final=not raw or raw.endswith(b"\n"))
@@ -242,12 +352,126 @@ def _jsonl_documents(path: str) -> Iterator[Document]:
             raise ValueError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
         except RecursionError:
             raise ValueError(f"{where}: JSON nested too deeply to read") from None
-        if isinstance(record, dict) and isinstance(record.get("text"), str):
-            yield record["text"]
-        elif isinstance(record, dict) and "messages" in record:
-            yield _check_messages(record["messages"], where)
-        else:
-            raise ValueError(f"{where}: expected an object with a 'text' string or a 'messages' list")
+        yield _record_document(record, where)
+
+
+def _record_document(record, where: str) -> Document:
+    if isinstance(record, dict) and isinstance(record.get("text"), str):
+        return record["text"]
+    if isinstance(record, dict) and "messages" in record:
+        return _check_messages(record["messages"], where)
+    raise ValueError(f"{where}: expected an object with a 'text' string or a 'messages' list")
+
+
+# A JSON array is read in chunks of this many bytes; one element may be this large, past which the file is taken to
+# be broken (memory stays bounded)
+JSON_CHUNK_BYTES = 2**20
+_MAX_JSON_ELEMENT_CHARS = 256 * 2**20
+
+
+def _json_documents(path: str) -> Iterator[Document]:
+    """A ``.json`` file: an array of records, read element by element (``datasets``' json builder loads an array
+    whole, and a minified one is a single line, so neither it nor a line reader bounds memory), or JSON lines."""
+    with _open(path) as handle:  # the first character that is not white space says which
+        while (start := _read(path, handle, 4096, whole_lines=False)) and not start.strip():
+            pass
+    if not start.lstrip().startswith(b"["):
+        yield from _jsonl_documents(path)
+        return
+    decoder = json.JSONDecoder()
+    chunks = _text_chunks(path)
+    buffer, position, line, element = "", 0, 1, 0
+
+    def more() -> bool:
+        nonlocal buffer, position, line
+        chunk = next(chunks, None)
+        if chunk is None:
+            return False
+        line += buffer.count("\n", 0, position)
+        buffer, position = buffer[position:] + chunk, 0
+        return True
+
+    def skip_space() -> str:
+        nonlocal position
+        while True:
+            while position < len(buffer) and buffer[position] in " \t\r\n":
+                position += 1
+            if position < len(buffer) or not more():
+                return buffer[position:position + 1]
+
+    def fail(message: str, at: int):
+        raise ValueError(f"{path}:{line + buffer.count(chr(10), 0, at)}: {message}")
+
+    if skip_space() != "[":
+        fail("expected a JSON array", position)
+    position += 1
+    while True:
+        char = skip_space()
+        if char == "]":
+            position += 1
+            if skip_space():
+                fail("text after the end of the JSON array", position)
+            return
+        if element:
+            if char != ",":
+                fail("expected ',' or ']' between the array's elements", position)
+            position += 1
+            skip_space()
+        while True:
+            try:
+                record, end = decoder.raw_decode(buffer, position)
+                break
+            except json.JSONDecodeError as error:
+                if len(buffer) - position > _MAX_JSON_ELEMENT_CHARS or not more():
+                    fail(f"invalid JSON ({error.msg})", error.pos)
+            except RecursionError:
+                fail("JSON nested too deeply to read", position)
+        element += 1
+        yield _record_document(record, f"{path}: element {element}")
+        position = end
+
+
+def _text_chunks(path: str) -> Iterator[str]:
+    """The file's text in pieces of about ``JSON_CHUNK_BYTES`` bytes (decoded incrementally; invalid UTF-8 is an
+    error naming its byte)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    read = 0
+    with _open(path) as handle:
+        while True:
+            raw = _read(path, handle, JSON_CHUNK_BYTES, whole_lines=False)
+            try:
+                text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}: not valid UTF-8 ({error.reason} at byte {read + error.start + 1}); "
+                                 f"re-encode the file as UTF-8") from None
+            read += len(raw)
+            if text:
+                yield text
+            if not raw:
+                return
+
+
+def _csv_documents(path: str) -> Iterator[Document]:
+    """A ``.csv`` file's ``text`` column, one document per row (the csv module, over our line reader: line numbers
+    and UTF-8 errors as for every other input)."""
+    csv.field_size_limit(2**31 - 1)  # a document may be longer than the module's default of 131,072 characters
+    reader = csv.reader((line for _, line in _lines(path)), strict=True)  # malformed quoting is an error, not a guess
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        header[0] = header[0].removeprefix("\ufeff")  # the byte-order mark spreadsheet programs write
+        if "text" not in header:
+            raise ValueError(f"{path}: expected a 'text' column, found {', '.join(header) or 'none'}")
+        column = header.index("text")
+        for row in reader:
+            if not row:
+                continue  # a blank line
+            if len(row) != len(header):
+                raise ValueError(f"{path}:{reader.line_num}: {len(row)} fields, but the header names {len(header)}")
+            yield row[column]
+    except csv.Error as error:
+        raise ValueError(f"{path}:{reader.line_num}: not valid CSV ({error})") from None
 
 
 def _parquet_documents(path: str) -> Iterator[Document]:
@@ -303,6 +527,10 @@ def chitchat_conversations() -> Iterator[list[dict[str, str]]]:
             yield conversation
 
 
+_RECORD_READERS = {".jsonl": _jsonl_documents, ".json": _json_documents, ".csv": _csv_documents,
+                   ".parquet": _parquet_documents}
+
+
 def check_text_options(text_documents: str, document_separator: str = DEFAULT_SEPARATOR) -> None:
     """Raise ``ValueError`` (one line) for an unknown ``text_documents`` mode or an unusable separator."""
     if text_documents not in TEXT_DOCUMENTS:
@@ -319,12 +547,11 @@ def iter_document_pieces(paths: Iterable[str], text_documents: str = "file",
     Inputs are checked up front (see ``resolve_inputs``)."""
     check_text_options(text_documents, document_separator)
     for path in resolve_inputs(paths):
+        kind = None if path == CHITCHAT else input_format(path)[0]
         if path == CHITCHAT:
             yield from ((conversation, True) for conversation in chitchat_conversations())
-        elif path.endswith(".jsonl"):
-            yield from ((document, True) for document in _jsonl_documents(path))
-        elif path.endswith(".parquet"):
-            yield from ((document, True) for document in _parquet_documents(path))
+        elif kind in _RECORD_READERS:
+            yield from ((document, True) for document in _RECORD_READERS[kind](path))
         else:
             yield from _text_pieces(path, text_documents, document_separator)
 

@@ -75,7 +75,8 @@ class DataArguments:
     """Where the text comes from and how it becomes training blocks."""
 
     inputs: list[str] = field(default_factory=lambda: ["chitchat"],
-                              metadata={"help": ".txt/.jsonl/.parquet files, folders, globs, or 'chitchat'"})
+                              metadata={"help": ".txt/.jsonl/.json/.csv/.parquet files (compressed too: .gz, .bz2, "
+                                                ".xz, .zst), folders, globs, or 'chitchat'"})
     dataset_name: str | None = field(default=None, metadata={
         "help": "how the model card names the training data (default: the inputs' file names, never their paths)"})
     tokenizer_path: str | None = field(default=None, metadata={
