@@ -9,6 +9,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from transformers import (
 
 from .data.cleaning import CLEAN_MODES
 from .data.prepare import prepare_dataset, read_metadata
-from .data.sources import DEFAULT_SEPARATOR, TEXT_DOCUMENTS, iter_document_pieces, iter_documents, iter_texts, \
+from .data.sources import DEFAULT_SEPARATOR, TEXT_DOCUMENTS, TOKENIZER_TRAIN_BYTES, TextSample, iter_documents, \
     resolve_inputs
 from .evaluation import check_windows, evaluate_documents
 from .errors import one_line, user_error
@@ -101,15 +102,25 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"saved {converted.__class__.__name__} ({converted.num_parameters():,} parameters) to {args.dst}")
 
 
+def _byte_count(text: str) -> int:
+    """A number of bytes as written on the command line: 1000000, 500M, 2G (powers of 1,000), 0."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[bB]?", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes such as 500M or 2G, got {text!r}")
+    return int(float(match[1]) * 1000 ** " kmgt".index(match[2].lower() or " "))
+
+
 def _tokenizer_train(args: argparse.Namespace) -> None:
     resolve_inputs(args.input)  # missing or unsupported inputs fail before any work
     refuse_existing(args.output)
-    pieces = iter_document_pieces(args.input, args.text_documents, args.document_separator)
-    texts, held_out = hold_out(iter_texts(piece for piece, _ in pieces))
+    sample = TextSample(args.input, args.text_documents, args.document_separator, max_bytes=args.train_bytes or None)
+    texts, held_out = hold_out(iter(sample))
     tokenizer = train_tokenizer(texts, args.type, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
     with staged_output(args.output) as staging:
         save_tokenizer(tokenizer, staging)
+        sample.save_report(staging)
     compression = f"{bytes_per_token(tokenizer, held_out):.2f} bytes/token" if held_out else "n/a (input too small)"
+    print(f"trained on {sample.describe()}")
     print(f"vocabulary size: {len(tokenizer):,} ({args.type})")
     print(f"compression on held-out text ({len(held_out):,} texts): {compression}")
     print(f"saved to {args.output}")
@@ -326,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(.gz, .bz2, .xz, .zst), a folder of those, or 'chitchat' for the built-in corpus")
     train.add_argument("--output", required=True, metavar="DIR", help="folder to save the tokenizer to")
     train.add_argument("--type", choices=["bpe", "char"], default="bpe", help="tokenizer kind (default: bpe)")
+    train.add_argument("--train-bytes", type=_byte_count, default=TOKENIZER_TRAIN_BYTES, metavar="N",
+                       help=f"train on at most N bytes of text (e.g. 500M, 2G), sampled evenly over every input; "
+                            f"0: all of it (default {TOKENIZER_TRAIN_BYTES / 1e9:g}G)")
     train.add_argument("--vocab-size", type=int, default=None, metavar="N",
                        help="exact size for bpe (default 32000); an upper bound for char (default: all characters)")
     train.add_argument("--min-frequency", type=int, default=None, metavar="N",

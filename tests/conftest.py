@@ -25,46 +25,48 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def pytest_collection_modifyitems(config, items):
-    skips = {}
-    if not torch.cuda.is_available():
-        skips["gpu"] = pytest.mark.skip(reason="needs a CUDA device; none is present on this machine")
+def _missing_tools() -> dict[str, str]:
+    """The markers of the tools (or devices) this machine lacks -> the skip reason, with the install line."""
     import shutil
 
-    if not (_installed("selenium") and shutil.which("chromedriver") and (shutil.which("chromium")
-                                                                       or shutil.which("chromium-browser"))):
-        skips["browser"] = pytest.mark.skip(reason="needs Chromium, its driver and selenium: apt-get install chromium "
-                                                   'chromium-driver; pip install -e ".[dev]"')
-    if not _installed("llama_cpp"):
-        skips["llamacpp"] = pytest.mark.skip(reason='needs llama-cpp-python: pip install -e ".[gguf-check]" '
-                                                    '(compiles llama.cpp, a few minutes; CI installs it)')
-    if not _installed("peft"):
-        skips["peft"] = pytest.mark.skip(reason='needs peft: pip install -e ".[finetune]"')
-    if not (_installed("trl") and _installed("peft")):
-        skips["trl"] = pytest.mark.skip(reason='needs trl and peft: pip install -e ".[finetune]"')
-    if not (shutil.which("node") and HF_JINJA.is_dir()):
-        skips["hfjinja"] = pytest.mark.skip(reason=f"needs node and @huggingface/jinja: npm install --prefix "
-                                                   f"{HF_JINJA.parents[2]} @huggingface/jinja@0.5")
     from .testing_utils import TOOL_PYTHONS, TRANSFORMERS_JS
 
+    missing = {}
+    if not torch.cuda.is_available():
+        missing["gpu"] = "needs a CUDA device; none is present on this machine"
+    if not (_installed("selenium") and shutil.which("chromedriver") and (shutil.which("chromium")
+                                                                       or shutil.which("chromium-browser"))):
+        missing["browser"] = ("needs Chromium, its driver and selenium: apt-get install chromium chromium-driver; "
+                              'pip install -e ".[dev]"')
+    if not _installed("llama_cpp"):
+        missing["llamacpp"] = ('needs llama-cpp-python: pip install -e ".[gguf-check]" (compiles llama.cpp, a few '
+                               'minutes; CI installs it)')
+    if not _installed("peft"):
+        missing["peft"] = 'needs peft: pip install -e ".[finetune]"'
+    if not (_installed("trl") and _installed("peft")):
+        missing["trl"] = 'needs trl and peft: pip install -e ".[finetune]"'
+    if not (shutil.which("node") and HF_JINJA.is_dir()):
+        missing["hfjinja"] = f"needs node and @huggingface/jinja: npm install --prefix {HF_JINJA.parents[2]} " \
+                             f"@huggingface/jinja@0.5"
     if not (shutil.which("node") and TRANSFORMERS_JS.is_dir()):
-        skips["transformersjs"] = pytest.mark.skip(reason="needs node and transformers.js (npm @huggingface/"
-                                                          "transformers): make tool-envs (.ci/run does)")
-
+        missing["transformersjs"] = "needs node and transformers.js (npm @huggingface/transformers): make tool-envs " \
+                                    "(.ci/run does)"
     for marker, python in TOOL_PYTHONS.items():
         if not python.is_file():
-            skips[marker] = pytest.mark.skip(reason=f"needs the virtual environment {python.parents[1].name}: "
-                                                    f"make tool-envs (.ci/run builds it)")
+            missing[marker] = f"needs the environment {python.parents[1]}: make tool-envs (.ci/run builds it)"
+    return missing
+
+
+def pytest_collection_modifyitems(config, items):
+    skips = {marker: pytest.mark.skip(reason=reason) for marker, reason in _missing_tools().items()}
     for item in items:
         for marker, skip in skips.items():
             if marker in item.keywords:
                 item.add_marker(skip)
-                _SKIP_REASONS[skip.kwargs["reason"]] = marker
 
 
 # --- what the run did not check, and what it changed ---------------------------------------------------------------
 
-_SKIP_REASONS: dict[str, str] = {}  # the reason given for a missing tool (its install line) -> its marker
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -112,12 +114,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.line(f"  {path}")
         terminalreporter.line("tests must write under tmp_path only; the run fails")
     skipped: dict[str, int] = {}
+    # from the reasons, not from collection: with pytest-xdist the workers collect, and this runs in the controller
+    missing = {reason: marker for marker, reason in _missing_tools().items()}
     for report in terminalreporter.stats.get("skipped", []):
         reason = report.longrepr[2].removeprefix("Skipped: ") if isinstance(report.longrepr, tuple) else ""
-        if reason in _SKIP_REASONS:
+        if reason in missing:
             skipped[reason] = skipped.get(reason, 0) + 1
     if skipped:
         terminalreporter.section("not checked on this machine (a tool or device is missing)", yellow=True)
-        for reason, count in sorted(skipped.items(), key=lambda item: _SKIP_REASONS[item[0]]):
-            terminalreporter.line(f"  {_SKIP_REASONS[reason]}: {count} test{'s' if count != 1 else ''} skipped; "
+        for reason, count in sorted(skipped.items(), key=lambda item: missing[item[0]]):
+            terminalreporter.line(f"  {missing[reason]}: {count} test{'s' if count != 1 else ''} skipped; "
                                   f"{reason}")

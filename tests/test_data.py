@@ -280,3 +280,66 @@ def test_folders_leave_plain_json_and_csv_to_be_named(tmp_path):
     write(tmp_path / "b.csv.gz", compress(b"text\nthree\n", ".gz"))
     assert list(iter_documents([str(tmp_path)])) == ["one", "three"]
     assert list(iter_documents([str(tmp_path / "*.csv")])) == ["two"]
+
+
+# --- the tokenizer's sample -----------------------------------------------------------------------------------------
+
+
+def numbered_lines(name: str, n: int) -> str:
+    return "".join(f"{name} line {i:05d} of some words here\n" for i in range(n))
+
+
+def test_a_corpus_within_the_cap_is_taken_whole_without_a_counting_pass(tmp_path, monkeypatch):
+    path = write(tmp_path / "a.txt", numbered_lines("a", 100))
+    sample = sources.TextSample([path], max_bytes=10**6)
+    monkeypatch.setattr(sources.TextSample, "_texts", lambda self: pytest.fail("read twice"), raising=True)
+    assert sample.total is None and sample.fraction == 1.0
+    monkeypatch.undo()
+    assert "".join(sample) == numbered_lines("a", 100)
+    assert sample.report() == {"max_bytes": 10**6, "corpus_bytes": 3200, "sampled_bytes": 3200, "fraction": 1.0}
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gz"])
+def test_the_sample_is_bounded_and_spread_over_every_file_and_all_of_each(tmp_path, monkeypatch, compressed):
+    monkeypatch.setattr(sources, "PIECE_CHARS", 200)  # a file in many pieces
+    paths = []
+    for name in ("a", "b", "c"):
+        data = numbered_lines(name, 2000).encode()  # 64,000 bytes each
+        suffix = ".txt.gz" if compressed else ".txt"
+        paths.append(write(tmp_path / f"{name}{suffix}", compress(data, ".gz") if compressed else data))
+    sample = sources.TextSample(paths, max_bytes=19_200)  # a tenth of the corpus
+    taken = "".join(sample)
+    assert sample.total == 192_000 and 0.9 * 19_200 <= sample.taken <= 19_200 == sample.max_bytes
+    assert len(taken.encode()) == sample.taken
+    for name in ("a", "b", "c"):
+        numbers = [int(line.split()[2]) for line in taken.splitlines() if line.startswith(f"{name} line ")]
+        assert min(numbers) < 200 and max(numbers) > 1800  # from the start to the end of every file
+        assert 150 <= len(numbers) <= 250  # about a tenth of its lines
+
+
+def test_tokenizer_train_samples_and_says_so(tmp_path, capsys):
+    from scratchgpt.cli import main
+
+    path = write(tmp_path / "a.txt", numbered_lines("a", 3000))
+    assert main(["tokenizer", "train", "--input", path, "--train-bytes", "30K", "--vocab-size", "300",
+                 "--output", str(tmp_path / "tok")]) == 0
+    assert "trained on 0.0 MB of 0.1 MB of text, taken evenly over every input" in capsys.readouterr().out
+    report = json.loads((tmp_path / "tok" / sources.SAMPLE_REPORT).read_text())
+    assert report["corpus_bytes"] == 96_000 and 20_000 < report["sampled_bytes"] <= 30_000  # pieces of 8 KB
+    assert report["inputs"] == [path]
+
+
+@pytest.mark.parametrize("text, expected", [("500M", 500_000_000), ("2G", 2_000_000_000), ("1.5k", 1500),
+                                            ("0", 0), ("12345", 12345), ("3 GB", 3_000_000_000)])
+def test_byte_counts_on_the_command_line(text, expected):
+    from scratchgpt.cli import _byte_count
+
+    assert _byte_count(text) == expected
+
+
+def test_a_bad_byte_count_is_refused(tmp_path, capsys):
+    from scratchgpt.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["tokenizer", "train", "--input", "chitchat", "--train-bytes", "lots", "--output", str(tmp_path / "t")])
+    assert exit_.value.code == 2 and "expected a number of bytes such as 500M or 2G, got 'lots'" in capsys.readouterr().err

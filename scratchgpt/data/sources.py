@@ -59,6 +59,9 @@ __all__ = [
     "iter_document_pieces",
     "iter_texts",
     "chitchat_conversations",
+    "SAMPLE_REPORT",
+    "TOKENIZER_TRAIN_BYTES",
+    "TextSample",
 ]
 
 CHITCHAT = "chitchat"
@@ -68,6 +71,9 @@ COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 TEXT_DOCUMENTS = ("file", "separator", "paragraph")
 DEFAULT_SEPARATOR = "<|endoftext|>"
 PIECE_CHARS = 8192  # small enough that a tokenizing batch of 1,000 records stays ~10 MB of text
+# the most text a tokenizer trains on by default (see TextSample and BENCHMARKS.md for the memory it takes)
+TOKENIZER_TRAIN_BYTES = 500_000_000
+SAMPLE_REPORT = "tokenizer_sample.json"  # written beside a trained tokenizer: how much of the corpus it saw
 
 Document = str | list[dict[str, str]]
 
@@ -587,3 +593,61 @@ def iter_texts(documents: Iterable[Document]) -> Iterator[str]:
             yield document
         else:
             yield from (message["content"] for message in document)
+
+
+class TextSample:
+    """The plain texts of a corpus (``iter_texts`` of its document pieces), at most ``max_bytes`` of UTF-8 of them,
+    taken evenly over the whole of it: every input, and all of each, not its head. What a tokenizer trains on:
+    the BPE trainer's memory grows with the distinct words it sees, so a bounded sample bounds it.
+
+    A corpus that may hold more than ``max_bytes`` is read once first to count its text (a pass that only reads and
+    decodes, far cheaper than training); then each piece is taken where the running share ``max_bytes / total`` of
+    the bytes so far reaches it, so the sample follows the corpus evenly. ``max_bytes=None`` takes everything. After
+    iterating, ``report()`` says what was taken."""
+
+    def __init__(self, paths: list[str], text_documents: str = "file", document_separator: str = DEFAULT_SEPARATOR,
+                 max_bytes: int | None = None):
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"the tokenizer's sample must be a positive number of bytes, got {max_bytes}")
+        self.paths, self.text_documents, self.separator = list(paths), text_documents, document_separator
+        self.max_bytes, self.taken = max_bytes, 0
+        files = resolve_inputs(self.paths)
+        on_disk = sum(entry["size"] for entry in describe_inputs(files))
+        # text is never larger than an uncompressed file; a compressed one may hold any amount
+        fits = max_bytes is None or (on_disk <= max_bytes and not any(
+            path != CHITCHAT and input_format(path)[1] for path in files))
+        self.total = None if fits else sum(len(text.encode("utf-8")) for text in self._texts())
+        self.fraction = 1.0 if self.total is None or self.total <= max_bytes else max_bytes / self.total
+
+    def _texts(self) -> Iterator[str]:
+        return iter_texts(piece for piece, _ in iter_document_pieces(self.paths, self.text_documents, self.separator))
+
+    def __iter__(self) -> Iterator[str]:
+        self.taken, credit = 0, 0.0
+        for text in self._texts():
+            size = len(text.encode("utf-8"))
+            if self.fraction < 1:
+                credit += size * self.fraction
+                if credit < size or self.taken + size > self.max_bytes:
+                    continue
+                credit -= size
+            self.taken += size
+            yield text
+
+    def report(self) -> dict:
+        """``{"max_bytes", "corpus_bytes", "sampled_bytes", "fraction"}`` (the corpus size is the sample's when the
+        whole corpus was taken without counting it first)."""
+        return {"max_bytes": self.max_bytes, "corpus_bytes": self.total if self.total is not None else self.taken,
+                "sampled_bytes": self.taken, "fraction": round(self.fraction, 6)}
+
+    def describe(self) -> str:
+        """What was taken, in words, for the log."""
+        if self.fraction >= 1:
+            return f"all {self.taken:,} bytes of text"
+        return (f"{self.taken / 1e6:,.1f} MB of {self.total / 1e6:,.1f} MB of text, taken evenly over every input "
+                f"({self.taken / self.total:.1%}; tokenizer_train_bytes {self.max_bytes:,})")
+
+    def save_report(self, folder: str | Path) -> None:
+        """``report()`` as ``SAMPLE_REPORT`` in ``folder`` (the tokenizer's), with the inputs' paths."""
+        record = {"inputs": self.paths, "text_documents": self.text_documents, **self.report()}
+        (Path(folder) / SAMPLE_REPORT).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

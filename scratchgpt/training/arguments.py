@@ -14,7 +14,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.training_args import OptimizerNames
 
-from ..data.sources import DEFAULT_SEPARATOR
+from ..data.sources import DEFAULT_SEPARATOR, TOKENIZER_TRAIN_BYTES
 from ..modeling import PRESETS
 
 
@@ -86,6 +86,9 @@ class DataArguments:
     vocab_size_at_most: bool = field(default=False, metadata={
         "help": "bpe: train at most vocab_size ids, fewer where the corpus cannot fill them, instead of an error "
                 "(`scratchgpt train` sets it, as it picks the size itself)"})
+    tokenizer_train_bytes: int = field(default=TOKENIZER_TRAIN_BYTES, metadata={
+        "help": "train the tokenizer on at most this many bytes of text, sampled evenly over every input (the BPE "
+                "trainer's memory grows with the text it sees); 0: all of it"})
     prepared_data: str | None = field(default=None, metadata={
         "help": "prepared dataset folder; built there if missing or stale (default: <output_dir>/data)"})
     block_size: int | None = field(default=None, metadata={"help": "tokens per block (default: model context)"})

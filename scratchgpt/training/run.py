@@ -33,7 +33,7 @@ from ..data.prepare import (
     read_metadata,
     tokenizer_fingerprint,
 )
-from ..data.sources import iter_document_pieces, iter_texts
+from ..data.sources import TextSample
 from ..errors import write_failure
 from ..loading import check_model_folder, check_tokenizer_fits, resolve_model, vocabulary_fingerprint
 from ..locking import exclusive_folder
@@ -207,14 +207,16 @@ def load_or_train_tokenizer(data_args: DataArguments, path: Path):
                            data_args.vocab_size)
         return tokenizer
     logger.info("tokenizer: training a %s tokenizer on the inputs ...", data_args.tokenizer_type)
-    pieces = iter_document_pieces(data_args.inputs, data_args.text_documents, data_args.document_separator)
-    texts = iter_texts(piece for piece, _ in pieces)
-    tokenizer = train_tokenizer(texts, data_args.tokenizer_type, vocab_size=data_args.vocab_size,
+    sample = TextSample(data_args.inputs, data_args.text_documents, data_args.document_separator,
+                        max_bytes=data_args.tokenizer_train_bytes or None)
+    tokenizer = train_tokenizer(sample, data_args.tokenizer_type, vocab_size=data_args.vocab_size,
                                 show_progress=sys.stderr.isatty(),  # a bar only where one can be drawn
                                 at_most=data_args.vocab_size_at_most)
     with staged_output(path) as staging:  # a failed save leaves no half-written tokenizer
         save_tokenizer(tokenizer, staging)
-    logger.info("tokenizer: %s tokens (%s), saved in %s", f"{len(tokenizer):,}", data_args.tokenizer_type, path)
+        sample.save_report(staging)
+    logger.info("tokenizer: %s tokens (%s) trained on %s, saved in %s", f"{len(tokenizer):,}",
+                data_args.tokenizer_type, sample.describe(), path)
     return tokenizer
 
 
