@@ -70,8 +70,10 @@ MUTATIONS = [
     ("scratchgpt/loading.py", '    folder = Path(folder)\n    if not (folder / "config.json").is_file():',
      "    folder = Path(folder)\n    if False:", "a model folder without config.json passes the folder check",
      "tests/test_loading.py -k without_config"),
-    ("scratchgpt/hub.py", '"chat_template.jinja", "vocab.json"', '"vocab.json"',
-     "a pushed chat model loses its chat template", "tests/test_hub.py -k push_then_load"),
+    # the template travels in tokenizer_config.json and chat_template.jinja (tokenization.portable): both must go
+    ("scratchgpt/hub.py", '"tokenizer_config.json", "special_tokens_map.json",\n    "chat_template.jinja", "vocab.json"',
+     '"special_tokens_map.json",\n    "vocab.json"', "a pushed chat model loses its chat template",
+     "tests/test_hub.py -k push_then_load"),
     ("scratchgpt/generation.py", "top_k is not None and top_k < 0,", "top_k is not None and top_k <= 0,",
      "top_k 0 (no top-k filter) is refused", "tests/test_generation.py -k top_k"),
     ("scratchgpt/generation.py", "for k, v in sampling.items() if v is not None}", "for k, v in sampling.items() if v}",
