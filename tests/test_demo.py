@@ -5,7 +5,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from scratchgpt.hub import push_space  # noqa: E402
 
 from .hub_server import HubServer  # noqa: E402
 from .test_training import tiny_run_args  # noqa: E402
-from .testing_utils import tiny_config, tiny_tokenizer  # noqa: E402
+from .testing_utils import free_port, tiny_config, tiny_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {"max_new_tokens": 24, "temperature": 0.9, "top_k": 40, "top_p": 1.0, "repetition_penalty": 1.1, "seed": 3}
@@ -43,12 +42,6 @@ def models(tmp_path_factory):
     ScratchGPTForCausalLM(tiny_config(vocab_size=len(tokenizer))).save_pretrained(folder / "fresh")
     tokenizer.save_pretrained(folder / "fresh")
     return [str(folder / "run"), str(folder / "fresh")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def expected_chat(models, name: str, message: str) -> str:

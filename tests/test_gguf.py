@@ -5,7 +5,6 @@ llama-cpp-python is missing (``pip install -e ".[gguf-check]"``; CI installs it)
 """
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ from scratchgpt.tokenization import (
     train_bpe_tokenizer,
     train_char_tokenizer,
 )
+
+from .testing_utils import free_port
 
 gguf = pytest.importorskip("gguf", reason='GGUF export needs the gguf package: pip install -e ".[gguf]"')
 
@@ -260,9 +261,7 @@ def test_llama_cpp_server_chats_as_scratchgpt_chat(tmp_path):
     save_model_folder(model, str(tmp_path / "model"), tok)
     assert cli(["convert", "to-gguf", str(tmp_path / "model"), str(tmp_path / "m.gguf")]) == 0
     messages = [{"role": "user", "content": "Hello there! How are you doing today?"}]
-    with socket.socket() as probe:  # a free port
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(tmp_path / "m.gguf"),
                                "--port", str(port), "--n_ctx", "128", "--n_threads", "2", "--verbose", "false"],

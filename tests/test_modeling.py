@@ -14,7 +14,8 @@ from scratchgpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTModel
 from scratchgpt.modeling.loss_scratchgpt import chunked_causal_lm_loss
 from scratchgpt.tokenization import generation_eos_token_ids, save_tokenizer
 
-from .testing_utils import OLD_PYTHON, OLDEST_TRANSFORMERS, VLLM_PYTHON, tiny_config, tiny_tokenizer
+from .testing_utils import OLD_PYTHON, OLDEST_TRANSFORMERS, VLLM_PYTHON, free_port, tiny_config, \
+    tiny_tokenizer
 
 
 def tiny_model(attn_implementation="sdpa", **overrides) -> ScratchGPTForCausalLM:
@@ -680,7 +681,6 @@ def test_vllm_serves_a_saved_model_as_transformers_runs_it(tmp_path):
     three prompts, the log-probability of every held-out token and a chat turn; then `vllm serve`'s OpenAI API:
     completion, chat and streamed chat. Each equals transformers' greedy output on the same model (about 2 minutes)."""
     import json
-    import socket
 
     tokenizer = tiny_tokenizer()
     # head width 32: vLLM's CPU attention has kernels for widths of 32 and up; weights of std 0.2 so that the
@@ -700,9 +700,7 @@ def test_vllm_serves_a_saved_model_as_transformers_runs_it(tmp_path):
     # waiting on the other (seconds per token): no binding
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "VLLM_CPU_OMP_THREADS_BIND": "nobind",
            "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
-    with socket.socket() as probe:  # a free port for the server
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
+    port = str(free_port())
     result = subprocess.run([str(VLLM_PYTHON), "-c", VLLM_CHECK, str(tmp_path / "model"), str(tmp_path / "out.json"),
                              port],
                             capture_output=True, text=True, cwd=tmp_path, timeout=900, stdin=subprocess.DEVNULL,

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,6 +31,13 @@ SAMPLE_TEXT = (
     "The quick brown fox jumps over the lazy dog. Hello world! How are you today? "
     "I am fine, thanks. Language models predict the next token from the ones before it. "
 ) * 20
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for a server a test starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def tiny_config(**overrides) -> ScratchGPTConfig:
