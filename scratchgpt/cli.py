@@ -64,6 +64,8 @@ def _tokenizer_beside(src: str) -> PreTrainedTokenizerBase | None:
 
 def _convert(args: argparse.Namespace) -> None:
     refuse_existing(args.dst)  # before the (possibly long) load
+    if args.direction == "to-onnx" and not all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript")):
+        raise ValueError('ONNX export needs the onnx and onnxscript packages: pip install -e ".[onnx]"')
     if args.direction in ("to-gguf", "to-onnx"):
         _require_model_folder(args.src, "scratchgpt")
         tokenizer = _tokenizer_beside(args.src)
@@ -73,8 +75,6 @@ def _convert(args: argparse.Namespace) -> None:
         model = ScratchGPTForCausalLM.from_pretrained(args.src)
         check_tokenizer_fits(model.config, tokenizer, args.src)
     if args.direction == "to-onnx":
-        if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:
-            raise ValueError('ONNX export needs the onnx package: pip install -e ".[onnx]"')
         with staged_output(args.dst) as staging:
             to_onnx(model, tokenizer, staging)
         size = (Path(args.dst) / ONNX_FILE).stat().st_size
