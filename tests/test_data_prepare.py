@@ -215,10 +215,10 @@ def test_changes_rebuild(tmp_path, change):
     assert listing(tmp_path) == [Path(path).name, "out"]  # no staging or retired folders
 
 
-def test_interrupted_run_leaves_nothing_and_keeps_the_old_output(tmp_path, monkeypatch):
+def test_interrupted_run_keeps_only_its_finished_shards_and_the_old_output(tmp_path, monkeypatch):
     path = write_text(tmp_path / "a.txt", documents())
 
-    def interrupted(token_dataset, block_size, start=0, stop=None):
+    def interrupted(token_dataset, block_size, start=0, stop=None, keep=None):
         yield {"input_ids": np.zeros(block_size, dtype=np.uint16)}
         raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of packing
 
@@ -226,16 +226,17 @@ def test_interrupted_run_leaves_nothing_and_keeps_the_old_output(tmp_path, monke
     monkeypatch.setattr(prepare_module, "pack_blocks", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
-    assert listing(tmp_path) == ["a.txt"]
+    assert listing(tmp_path) == [".out.partial", "a.txt"]  # the tokenized shards, for the next run; no output
 
     monkeypatch.setattr(prepare_module, "pack_blocks", original)
     good = prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
+    assert listing(tmp_path) == ["a.txt", "out"]
     n_blocks = len(good["train"])
     monkeypatch.setattr(prepare_module, "pack_blocks", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=8, val_fraction=0)
     assert len(load_prepared(tmp_path / "out")["train"]) == n_blocks  # the previous complete output survives
-    assert listing(tmp_path) == ["a.txt", "out"]
+    assert listing(tmp_path) == [".out.partial", "a.txt", "out"]
 
 
 def test_an_unrelated_folder_is_never_overwritten(tmp_path):
@@ -536,3 +537,116 @@ def test_blocks_without_an_assistant_token_are_left_out(tmp_path):
         prepare_dataset(tok, [str(tmp_path / "u.jsonl")], tmp_path / "out2", block_size=4, val_fraction=0,
                         assistant_only_loss=True)
     assert not (tmp_path / "out2").exists()
+
+
+# --- shards: resuming after a kill -----------------------------------------------------------------------------------
+
+
+def prepared_content(folder):
+    """Everything a prepared folder holds that training sees: each split's blocks and the metadata, but for the
+    number of shards it was built in."""
+    dataset = load_prepared(folder)
+    metadata = {k: v for k, v in read_metadata(folder).items() if k != "shards"}
+    return metadata, {name: [row[column].tolist() for row in dataset[name] for column in sorted(row)]
+                      for name in dataset}
+
+
+def corpus_cases(tmp_path):
+    """(inputs, settings) of corpora that cross shard boundaries in every way: many small documents (split by
+    document), duplicates in different shards (cleaning), one long text in pieces (split at its tail), separate
+    validation files, and conversations with assistant-only loss."""
+    docs = documents(60)
+    many = write_text(tmp_path / "many.txt", docs + docs[:10])  # the repeats land in later shards
+    long = tmp_path / "long.txt"
+    long.write_text(SAMPLE_TEXT * 40, encoding="utf-8")
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": d},
+                                                      {"role": "assistant", "content": d[::-1]}]}) + "\n"
+                             for d in docs), encoding="utf-8")
+    return {
+        "documents": ([many], {"text_documents": "paragraph"}),
+        "cleaned": ([many], {"text_documents": "paragraph", "clean": "balanced"}),
+        "tail": ([str(long)], {}),
+        "validation files": ([many, str(long)], {"text_documents": "paragraph", "validation_inputs": [many]}),
+        "assistant only": ([str(chats)], {"assistant_only_loss": True}),
+    }
+
+
+@pytest.mark.parametrize("case", ["documents", "cleaned", "tail", "validation files", "assistant only"])
+def test_many_small_shards_give_the_same_dataset_as_one(tmp_path, case):
+    inputs, settings = corpus_cases(tmp_path)[case]
+    whole = prepare_dataset(tokenizer(), inputs, tmp_path / "whole", block_size=16, **settings)
+    sharded = prepare_dataset(tokenizer(), inputs, tmp_path / "sharded", block_size=16, shard_bytes=500, **settings)
+    shards = read_metadata(tmp_path / "sharded")["shards"]
+    assert read_metadata(tmp_path / "whole")["shards"]["train"] == 1 and shards["train"] >= 5, shards
+    assert prepared_content(tmp_path / "sharded") == prepared_content(tmp_path / "whole")
+    assert len(whole["train"]) > 0
+    if case == "cleaned":  # a repeat is known as one although its first copy is in an earlier shard
+        assert read_metadata(tmp_path / "sharded")["cleaning"]["duplicates_removed"] == 10
+    assert not (tmp_path / ".sharded.partial").exists()
+
+
+PREPARE_UNTIL_KILLED = """
+import sys, time
+from transformers import AutoTokenizer
+from scratchgpt.data import prepare
+original = prepare.tokenize_batch
+def slow(*args, **kwargs):  # tokenizing takes long enough for the parent to kill the process in the middle
+    time.sleep(0.05)
+    return original(*args, **kwargs)
+prepare.tokenize_batch = slow
+prepare.prepare_dataset(AutoTokenizer.from_pretrained(sys.argv[1]), [sys.argv[2]], sys.argv[3], block_size=16,
+                        text_documents="paragraph", shard_bytes=400)
+"""
+
+
+def test_a_killed_prepare_continues_from_its_last_finished_shard(tmp_path, caplog):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = write_text(tmp_path / "a.txt", documents(300))
+    tokenizer().save_pretrained(tmp_path / "tok")
+    process = subprocess.Popen([sys.executable, "-c", PREPARE_UNTIL_KILLED, str(tmp_path / "tok"), path,
+                                str(tmp_path / "out")], stderr=subprocess.DEVNULL)
+    manifest = tmp_path / ".out.partial" / "manifest.json"
+    deadline = time.monotonic() + 120
+    finished = 0
+    while finished < 3 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+        try:
+            finished = len(json.loads(manifest.read_text())["splits"]["train"]["shards"])
+        except (OSError, ValueError, KeyError):
+            pass
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert finished >= 3 and not (tmp_path / "out").exists()
+    kept = len(json.loads(manifest.read_text())["splits"]["train"]["shards"])
+    assert kept < 50  # killed in the middle: most shards were still to do
+
+    with caplog.at_level("INFO", logger="scratchgpt.data.prepare"):
+        prepare_dataset(tokenizer(), [path], tmp_path / "out", block_size=16, text_documents="paragraph",
+                        shard_bytes=400)
+    assert f"continuing train after its {kept} finished shards" in caplog.text
+    prepare_dataset(tokenizer(), [path], tmp_path / "whole", block_size=16, text_documents="paragraph")
+    assert prepared_content(tmp_path / "out") == prepared_content(tmp_path / "whole")
+    assert listing(tmp_path) == ["a.txt", "out", "tok", "whole"]
+
+
+def test_shards_of_other_inputs_are_not_reused(tmp_path, monkeypatch):
+    path = write_text(tmp_path / "a.txt", documents())
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(prepare_module, "pack_blocks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
+    monkeypatch.undo()
+    write_text(tmp_path / "a.txt", documents(60))  # changed since its shards were made
+    os.utime(path, (os.stat(path).st_mtime + 10,) * 2)
+    result = prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
+    fresh = prepare_paragraphs(tokenizer(), [path], tmp_path / "fresh", block_size=16, val_fraction=0)
+    assert stream(result["train"]).tolist() == stream(fresh["train"]).tolist()

@@ -86,8 +86,13 @@ def clean_batch(batch: dict, mode: str) -> dict:
     return out
 
 
-def clean_documents(documents: Dataset, mode: str, num_proc: int | None = None) -> tuple[Dataset, dict]:
-    """Apply a cleaning mode to a documents dataset; returns the cleaned dataset and what each step removed."""
+def clean_documents(documents: Dataset, mode: str, num_proc: int | None = None,
+                    seen: set[bytes] | None = None) -> tuple[Dataset, dict]:
+    """Apply a cleaning mode to a documents dataset; returns the cleaned dataset and what each step removed.
+
+    ``seen`` carries exact-duplicate detection across the shards of one corpus: the digests of the documents kept
+    from earlier shards, to which this call adds its own; the cleaned dataset then keeps its ``digest`` column, from
+    which a resumed job rebuilds the set."""
     if mode == "off":
         return documents, {"mode": "off"}
     if mode not in CLEAN_MODES:
@@ -98,7 +103,8 @@ def clean_documents(documents: Dataset, mode: str, num_proc: int | None = None) 
     lengths = table.column("length").to_numpy()
     long_enough = lengths >= CLEAN_MODES[mode]["min_chars"]
     # first occurrence of each digest wins; a set of 16-byte digests costs ~100 bytes per document
-    seen: set[bytes] = set()
+    shared = seen is not None
+    seen = seen if shared else set()
     first = np.zeros(len(lengths), dtype=bool)
     index = 0
     for chunk in table.column("digest").chunks:  # chunk by chunk: never the whole column as Python objects
@@ -124,5 +130,5 @@ def clean_documents(documents: Dataset, mode: str, num_proc: int | None = None) 
         "duplicates_removed": int((long_enough & ~first).sum()),
         "documents_out": int((keep & ends).sum()),
     }
-    kept = cleaned.select(np.flatnonzero(keep)).select_columns(documents.column_names)
+    kept = cleaned.select(np.flatnonzero(keep)).select_columns(documents.column_names + ["digest"] * shared)
     return kept, report

@@ -1,9 +1,15 @@
 """Raw text -> packed training blocks, stored as a memory-mapped Arrow ``DatasetDict`` on disk.
 
-Steps, each a function over a ``datasets.Dataset``: read documents (``sources``; a long text comes in pieces) ->
-clean (``cleaning``, optional) -> split train/validation -> tokenize (``tokenize_batch``, batched, ``num_proc``
-workers; a document ends with ``<|endoftext|>``) -> pack into blocks of ``block_size`` tokens (``pack_blocks``).
-Every intermediate lives in Arrow files on disk, so memory stays bounded whatever the corpus size.
+Steps: read documents (``sources``; a long text comes in pieces) -> clean (``cleaning``, optional) -> tokenize
+(``tokenize_batch``, batched, ``num_proc`` workers; a document ends with ``<|endoftext|>``), shard by shard ->
+split train/validation -> pack into blocks of ``block_size`` tokens (``pack_blocks``). Every intermediate lives in
+Arrow files on disk, so memory stays bounded whatever the corpus size.
+
+The first three steps work in shards of about ``shard_bytes`` of text (64 MB; a shard ends where its text reaches
+that size, and may hold many small files or part of a large one). Each finished shard is kept in a hidden work
+folder beside the output (``.<output>.partial``, see ``shards``), so a prepare killed at any point (a notebook's
+disconnect, SIGKILL) continues on re-run after its last finished shard instead of starting again; the result is
+the same, token for token. The work folder is removed once the output is complete; ``rebuild`` discards it.
 
 The validation split (``split_method`` in the metadata) is, in this order of precedence:
 
@@ -33,17 +39,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from datasets import Dataset, DatasetDict, Features, List, Value, load_from_disk
-from datasets.exceptions import DatasetGenerationError
+from datasets.arrow_writer import ArrowWriter
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from ..locking import exclusive_folder
 from ..staging import staged_output
 from ..tokenization import encode_chats
 from .cleaning import clean_documents
-from .sources import DEFAULT_SEPARATOR, check_text_options, describe_inputs, iter_document_pieces, resolve_inputs
+from .shards import SHARD_BYTES, ShardFolder, work_folder
+from .sources import (CHITCHAT, DEFAULT_SEPARATOR, check_text_options, describe_inputs, input_format,
+                      iter_document_pieces, resolve_inputs)
 
 
 __all__ = [
@@ -87,12 +97,27 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
 
 
-def _document_records(inputs: list[str], text_documents: str, document_separator: str):
-    document, piece = 0, 0
-    for content, ends_document in iter_document_pieces(inputs, text_documents, document_separator):
-        text, messages = (content, None) if isinstance(content, str) else (None, content)
-        yield {"text": text, "messages": messages, "document": document, "piece": piece, "ends_document": ends_document}
-        document, piece = (document + 1, 0) if ends_document else (document, piece + 1)
+def _document_records(files: list[str], text_documents: str, document_separator: str, start: list[int]):
+    """``(record, position after it)`` for every record of ``files`` from ``start``. A position is ``[file index,
+    records read of that file, document index, piece index]`` of the next record: what a shard's manifest entry
+    keeps, so a resumed job skips the files already done unread and reads past the records done of the next."""
+    first_file, skip, document, piece = start
+    for index in range(first_file, len(files)):
+        pieces = iter_document_pieces([files[index]], text_documents, document_separator)
+        for n, (content, ends_document) in enumerate(pieces):
+            if index == first_file and n < skip:
+                continue
+            text, messages = (content, None) if isinstance(content, str) else (None, content)
+            record = {"text": text, "messages": messages, "document": document, "piece": piece,
+                      "ends_document": ends_document}
+            document, piece = (document + 1, 0) if ends_document else (document, piece + 1)
+            yield record, [index, n + 1, document, piece]
+
+
+def _record_bytes(record: dict) -> int:
+    if record["text"] is not None:
+        return len(record["text"].encode("utf-8"))
+    return sum(len(message["content"].encode("utf-8")) for message in record["messages"])
 
 
 def _encode_literally(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
@@ -154,14 +179,20 @@ def encode_documents(tokenizer: PreTrainedTokenizerBase, documents) -> list[int]
     return stream
 
 
-def pack_blocks(token_dataset: Dataset, block_size: int, start: int = 0, stop: int | None = None):
+def pack_blocks(token_dataset: Dataset, block_size: int, start: int = 0, stop: int | None = None,
+                keep: np.ndarray | None = None):
     """Yield ``{"input_ids": block}`` for consecutive ``block_size`` slices of the concatenated token stream between
     token positions ``start`` and ``stop`` (default: its end); only a final partial block is dropped. Reads the
-    memory-mapped tokens batch by batch (bounded memory). An ``assistant_masks`` column is cut the same way, and
-    then a block without any assistant token is left out."""
+    memory-mapped tokens batch by batch (bounded memory). ``keep`` (one bool per record) leaves out the records
+    where it is False (the other split's documents) before the stream is formed. An ``assistant_masks`` column is
+    cut the same way, and then a block without any assistant token is left out."""
     columns = [name for name in ("input_ids", "assistant_masks") if name in token_dataset.column_names]
-    carry, position = None, 0  # position: stream index of flat[0]
-    for table in token_dataset.with_format("arrow").iter(batch_size=4096):
+    carry, position, first_record = None, 0, 0  # position: stream index of flat[0]
+    for table in token_dataset.select_columns(columns).with_format("arrow").iter(batch_size=4096):
+        if keep is not None:
+            n_records = len(table)
+            table = table.filter(pa.array(keep[first_record: first_record + n_records]))
+            first_record += n_records
         arrays = [pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False) for name in columns]
         flat = np.stack(arrays) if len(arrays) > 1 else arrays[0][None]  # (columns, tokens); masks become 0/1
         if carry is not None:
@@ -197,8 +228,18 @@ def _validation_documents(documents: Dataset, val_fraction: float, seed: int) ->
     return np.random.default_rng(seed).choice(ids, size=n_validation, replace=False)
 
 
-def _n_tokens(token_ids: Dataset) -> int:
-    return int(pc.sum(pc.list_value_length(token_ids.data.column("input_ids"))).as_py() or 0)
+def _selected(values: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    return values if keep is None else values[keep]
+
+
+def _n_tokens(token_ids: Dataset, keep: np.ndarray | None = None) -> int:
+    lengths = pc.list_value_length(token_ids.data.column("input_ids")).to_numpy(zero_copy_only=False)
+    return int(_selected(lengths, keep).sum())
+
+
+def _any_assistant_token(token_ids: Dataset, keep: np.ndarray | None) -> bool:
+    masks = token_ids.data.column("assistant_masks")
+    return bool(pc.any(pc.list_flatten(masks if keep is None else pc.filter(masks, pa.array(keep)))).as_py())
 
 
 def _n_conversations(records: Dataset) -> int:
@@ -233,8 +274,8 @@ def opening_words(blocks: Dataset, tokenizer: PreTrainedTokenizerBase, n_prompts
     return prompts
 
 
-def _n_documents(records: Dataset) -> int:
-    return int(_column(records, "ends_document").sum())
+def _n_documents(records: Dataset, keep: np.ndarray | None = None) -> int:
+    return int(_selected(_column(records, "ends_document"), keep).sum())
 
 
 def read_metadata(path: str | Path) -> dict | None:
@@ -284,39 +325,92 @@ def _no_bar():
             datasets.enable_progress_bars()
 
 
-def _read_documents(files: list[str], text_documents: str, document_separator: str, cache: str,
-                    fingerprint: str) -> Dataset:
-    try:
-        with _no_bar():
-            return Dataset.from_generator(
-                _document_records, features=DOCUMENT_FEATURES, cache_dir=cache, fingerprint=fingerprint,
-                gen_kwargs={"inputs": files, "text_documents": text_documents,
-                            "document_separator": document_separator})
-    except DatasetGenerationError as error:
-        # datasets wraps whatever the reader raised; a bad-input error is the user's one-line message
-        if isinstance(error.__cause__, (ValueError, OSError)):
-            raise error.__cause__ from None
-        raise
+def _expected_shards(files: list[str], shard_bytes: int) -> int:
+    """How many shards ``files`` will make, from their sizes on disk: text is as large as an uncompressed file and
+    taken to be about four times a compressed one (a guess, for the progress bar's total and ETA only)."""
+    sizes = [entry["size"] * (4 if path != CHITCHAT and input_format(path)[1] else 1)
+             for path, entry in zip(files, describe_inputs(files))]
+    return max(1, -(-sum(sizes) // shard_bytes))
 
 
-def _split(documents: Dataset, validation_files: list[str], val_fraction: float, seed: int, text_documents: str,
-           document_separator: str, cache: str, fingerprint: str) -> tuple[str, dict[str, Dataset]]:
-    """(split method, {split name: records}); see the module docstring for the order of the methods. The ``tail``
-    method returns the training records only: its split is made on the token stream (``_tail_spans``)."""
-    if validation_files:
-        validation = _read_documents(validation_files, text_documents, document_separator, cache,
-                                     f"{fingerprint[:32]}-validation-documents")
-        if len(validation) == 0:
-            raise ValueError(f"no documents in {', '.join(validation_files)}")
-        return "validation_inputs", {"train": documents, "validation": validation}
+def _tokenized_shards(work: ShardFolder, split: str, files: list[str], tokenizer: PreTrainedTokenizerBase,
+                      text_documents: str, document_separator: str, clean: str, num_proc: int | None,
+                      assistant_only_loss: bool, token_features: dict, shard_bytes: int) -> Dataset | None:
+    """Read, clean and tokenize ``files`` shard by shard into ``work`` (continuing after the shards it has), and
+    return all of ``split``'s tokenized records as one dataset (None if there are none): ``input_ids`` (and
+    ``assistant_masks``) with each record's ``document`` and ``ends_document``, in the order read."""
+    entries = work.entries(split)
+    seen = None  # exact-duplicate detection spans the whole corpus, so it carries over from the finished shards
+    if clean != "off":
+        seen = set()
+        done = work.dataset(split)
+        for chunk in (done.data.column("digest").chunks if done is not None else []):
+            seen.update(chunk.to_pylist())
+    if entries and not work.complete(split):
+        logger.info("prepare: continuing %s after its %d finished shards", split, len(entries))
+    features = Features({**token_features, "document": Value("int64"), "ends_document": Value("bool"),
+                         **({"digest": Value("binary")} if seen is not None else {})})
+    stream = _document_records(files, text_documents, document_separator, entries[-1]["next"] if entries else
+                               [0, 0, 0, 0])
+    expected = max(_expected_shards(files, shard_bytes), len(entries) + (not work.complete(split)))
+    with tqdm(total=expected, initial=len(entries), unit="shard",
+              desc="Tokenizing inputs" if split == "train" else "Tokenizing validation inputs",
+              disable=work.complete(split)) as progress:
+        while not work.complete(split):
+            scratch = work.scratch()
+            size, position = 0, None
+            with ArrowWriter(features=DOCUMENT_FEATURES, path=str(scratch / "documents.arrow")) as writer:
+                for record, position in stream:  # the same stream, shard after shard
+                    writer.write(record)
+                    size += _record_bytes(record)
+                    if size >= shard_bytes:
+                        break
+                writer.finalize()
+            if position is None:
+                work.finish(split)
+                break
+            with _no_bar():
+                documents = Dataset.from_file(str(scratch / "documents.arrow"))
+                documents, cleaning = clean_documents(documents, clean, num_proc, seen)
+                tokens = documents.map(
+                    tokenize_batch, batched=True, num_proc=num_proc,
+                    fn_kwargs={"tokenizer": tokenizer, "assistant_only_loss": assistant_only_loss},
+                    remove_columns=["text", "messages", "piece"], features=features)
+                ends = size < shard_bytes  # the stream ran out inside this shard
+                work.add(split, tokens, {"next": position, "bytes": size, "records": len(documents),
+                                         "conversations": _n_conversations(documents), "cleaning": cleaning},
+                         complete=ends)
+            progress.total = max(progress.total, progress.n + 1 + (not ends))
+            progress.update(1)
+        progress.total = progress.n
+    return work.dataset(split)
+
+
+def _cleaning_report(entries: list[dict], clean: str) -> dict:
+    """The shards' cleaning reports summed into one."""
+    report = {"mode": clean}
+    if clean == "off":
+        return report
+    for entry in entries:
+        for name, value in entry["cleaning"].items():
+            if name != "mode":
+                report[name] = report.get(name, 0) + value
+    return report
+
+
+def _split(train: Dataset, validation: Dataset | None, val_fraction: float, seed: int):
+    """(split method, {split name: (token records, which of them belong to the split, or None for all)}); see the
+    module docstring for the order of the methods. The ``tail`` method returns the training records only: its split
+    is made on the token stream (``_tail_spans``)."""
+    if validation is not None:
+        return "validation_inputs", {"train": (train, None), "validation": (validation, None)}
     if val_fraction == 0:
-        return "none", {"train": documents}
-    held_out = _validation_documents(documents, val_fraction, seed)
+        return "none", {"train": (train, None)}
+    held_out = _validation_documents(train, val_fraction, seed)
     if held_out is None:
-        return "tail", {"train": documents}
-    mask = np.isin(_column(documents, "document"), held_out)
-    return "document", {"train": documents.select(np.flatnonzero(~mask)),
-                        "validation": documents.select(np.flatnonzero(mask))}
+        return "tail", {"train": (train, None)}
+    mask = np.isin(_column(train, "document"), held_out)
+    return "document", {"train": (train, ~mask), "validation": (train, mask)}
 
 
 def _tail_spans(token_ids: Dataset, n_tokens: int, n_documents: int, block_size: int, val_fraction: float):
@@ -327,8 +421,41 @@ def _tail_spans(token_ids: Dataset, n_tokens: int, n_documents: int, block_size:
     if validation_start < block_size:
         raise ValueError(f"the corpus has {n_tokens:,} tokens, too few for a training and a validation block of "
                          f"block_size {block_size}: give more text, a smaller block size or a val_fraction of 0")
-    return [("train", token_ids, 0, validation_start, n_documents),
-            ("validation", token_ids, validation_start, n_tokens, 0)]
+    return [("train", token_ids, None, 0, validation_start, n_documents),
+            ("validation", token_ids, None, validation_start, n_tokens, 0)]
+
+
+def _pack_splits(spans: list[tuple], block_size: int, dtype: str, assistant_only_loss: bool, cache: str,
+                 fingerprint: str) -> tuple[dict[str, Dataset], dict[str, dict]]:
+    """The blocks of each split (Arrow files in ``cache``) and its counts for the metadata."""
+    block_features = {"input_ids": List(Value(dtype), length=block_size)}
+    if assistant_only_loss:
+        block_features["assistant_masks"] = List(Value("bool"), length=block_size)
+    splits, counts = {}, {}
+    for name, token_ids, keep, start, stop, n_documents in spans:
+        n_blocks = (stop - start) // block_size
+        if n_blocks == 0:
+            raise ValueError(f"the {name} split has {stop - start:,} tokens, fewer than one block of block_size "
+                             f"{block_size}: give more text, a smaller block size or a different val fraction")
+        if assistant_only_loss and not _any_assistant_token(token_ids, keep):
+            raise ValueError(f"no block of the {name} split holds an assistant token: check that the conversations "
+                             f"have assistant turns")
+        with _no_bar():
+            splits[name] = Dataset.from_generator(
+                pack_blocks, features=Features(block_features), cache_dir=cache,
+                fingerprint=f"{fingerprint[:32]}-{name}",
+                gen_kwargs={"token_dataset": token_ids, "block_size": block_size, "start": start, "stop": stop,
+                            "keep": keep})
+        counts[name] = {"documents": n_documents, "tokens": stop - start, "blocks": n_blocks,
+                        "tokens_dropped": stop - start - n_blocks * block_size}
+        if assistant_only_loss:
+            kept = len(splits[name])
+            trained = pc.sum(pc.list_flatten(splits[name].data.column("assistant_masks"))).as_py() or 0
+            counts[name].update(blocks=kept, blocks_without_assistant_tokens=n_blocks - kept, trained_tokens=trained)
+            logger.info("%s: %s of %s tokens in blocks are trained (assistant turns), %s masked; %s blocks without "
+                        "an assistant token left out", name, f"{trained:,}", f"{kept * block_size:,}",
+                        f"{kept * block_size - trained:,}", f"{n_blocks - kept:,}")
+    return splits, counts
 
 
 def prepare_dataset(
@@ -345,6 +472,7 @@ def prepare_dataset(
     validation_inputs: list[str] | None = None,
     rebuild: bool = False,
     assistant_only_loss: bool = False,
+    shard_bytes: int = SHARD_BYTES,
 ) -> DatasetDict:
     """Build (or reuse) the packed dataset for ``inputs`` in ``output``; returns it loaded with ``load_prepared``.
 
@@ -390,64 +518,54 @@ def prepare_dataset(
         if existing is not None:
             logger.info("%s is stale (inputs, tokenizer or settings changed); rebuilding it", output)
 
-        with staged_output(output, overwrite=existing is not None) as staging:
-            cache = str(staging / "cache")
-            logger.info("prepare: reading %s", ", ".join(inputs))
-            documents = _read_documents(files, text_documents, document_separator, cache, fingerprint[:32])
-            if len(documents) == 0:
+        if rebuild:
+            shutil.rmtree(work_folder(output), ignore_errors=True)
+        work = ShardFolder(work_folder(output), fingerprint)
+        token_features = {"input_ids": List(Value(dtype))}
+        if assistant_only_loss:
+            token_features["assistant_masks"] = List(Value("bool"))
+        logger.info("prepare: reading %s in shards of %s MB of text (finished shards are kept in %s)",
+                    ", ".join(inputs), f"{shard_bytes / 2**20:g}", work.folder)
+        common = {"tokenizer": tokenizer, "text_documents": text_documents, "document_separator": document_separator,
+                  "num_proc": num_proc, "assistant_only_loss": assistant_only_loss,
+                  "token_features": token_features, "shard_bytes": shard_bytes}
+        try:
+            train = _tokenized_shards(work, "train", files, clean=clean, **common)
+            if train is None:
                 raise ValueError(f"no documents in {', '.join(inputs)}")
-            documents, cleaning = clean_documents(documents, clean, num_proc)
-            conversations = _n_conversations(documents)
-            method, parts = _split(documents, validation_files, val_fraction, seed, text_documents,
-                                   document_separator, cache, fingerprint)
-            token_features = {"input_ids": List(Value(dtype))}
-            block_features = {"input_ids": List(Value(dtype), length=block_size)}
-            if assistant_only_loss:
-                token_features["assistant_masks"] = List(Value("bool"))
-                block_features["assistant_masks"] = List(Value("bool"), length=block_size)
-            tokenized = {name: part.map(
-                tokenize_batch, batched=True, num_proc=num_proc,
-                fn_kwargs={"tokenizer": tokenizer, "assistant_only_loss": assistant_only_loss},
-                remove_columns=part.column_names, features=Features(token_features),
-                desc=f"Tokenizing {name}") for name, part in parts.items()}
-            # (split name, token dataset, first token, last token + 1, documents) of each split
-            spans = [(name, token_ids, 0, _n_tokens(token_ids), _n_documents(parts[name]))
-                     for name, token_ids in tokenized.items()]
+            validation = None
+            if validation_files:
+                validation = _tokenized_shards(work, "validation", validation_files, clean="off", **common)
+                if validation is None:
+                    raise ValueError(f"no documents in {', '.join(validation_files)}")
+            method, parts = _split(train, validation, val_fraction, seed)
+            # (split name, token records, which of them, first token, last token + 1, documents) of each split
+            spans = [(name, token_ids, keep, 0, _n_tokens(token_ids, keep), _n_documents(token_ids, keep))
+                     for name, (token_ids, keep) in parts.items()]
             if method == "tail":
-                spans = _tail_spans(tokenized["train"], spans[0][3], spans[0][4], block_size, val_fraction)
-            splits, counts = {}, {}
-            for name, token_ids, start, stop, n_documents in spans:
-                n_blocks = (stop - start) // block_size
-                if n_blocks == 0:
-                    raise ValueError(f"the {name} split has {stop - start:,} tokens, fewer than one block of "
-                                     f"block_size {block_size}: give more text, a smaller block size or a different "
-                                     f"val fraction")
-                masks = token_ids.data.column("assistant_masks") if assistant_only_loss else None
-                if masks is not None and not pc.any(pc.list_flatten(masks)).as_py():
-                    raise ValueError(f"no block of the {name} split holds an assistant token: check that the "
-                                     f"conversations have assistant turns")
+                spans = _tail_spans(train, spans[0][4], spans[0][5], block_size, val_fraction)
+            with staged_output(output, overwrite=existing is not None) as staging:
+                splits, counts = _pack_splits(spans, block_size, dtype, assistant_only_loss, str(staging / "cache"),
+                                              fingerprint)
                 with _no_bar():
-                    splits[name] = Dataset.from_generator(
-                        pack_blocks, features=Features(block_features),
-                        cache_dir=cache, fingerprint=f"{fingerprint[:32]}-{name}",
-                        gen_kwargs={"token_dataset": token_ids, "block_size": block_size, "start": start,
-                                    "stop": stop})
-                counts[name] = {"documents": n_documents, "tokens": stop - start, "blocks": n_blocks,
-                                "tokens_dropped": stop - start - n_blocks * block_size}
-                if assistant_only_loss:
-                    kept = len(splits[name])
-                    trained = pc.sum(pc.list_flatten(splits[name].data.column("assistant_masks"))).as_py() or 0
-                    counts[name].update(blocks=kept, blocks_without_assistant_tokens=n_blocks - kept,
-                                        trained_tokens=trained)
-                    logger.info("%s: %s of %s tokens in blocks are trained (assistant turns), %s masked; %s blocks "
-                                "without an assistant token left out", name, f"{trained:,}", f"{kept * block_size:,}",
-                                f"{kept * block_size - trained:,}", f"{n_blocks - kept:,}")
-            with _no_bar():
-                DatasetDict(splits).save_to_disk(str(staging))
-            shutil.rmtree(cache)
-            metadata = {**identity, "fingerprint": fingerprint, "split_method": method, "splits": counts,
-                        "cleaning": cleaning, "conversations": conversations}
-            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+                    DatasetDict(splits).save_to_disk(str(staging))
+                shutil.rmtree(staging / "cache")
+                metadata = {**identity, "fingerprint": fingerprint, "split_method": method, "splits": counts,
+                            "cleaning": _cleaning_report(work.entries("train"), clean),
+                            "conversations": sum(entry["conversations"] for entry in work.entries("train")),
+                            "shards": {name: len(work.entries(name)) for name in parts if work.entries(name)}}
+                (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        except ValueError:  # bad input or settings: nothing worth keeping (a fixed input is a new job anyway)
+            work.remove()
+            raise
+        except BaseException:  # a full disk, Ctrl-C: the finished shards are what the next run starts from
+            work.tidy()
+            finished = sum(1 for split in ("train", "validation") for entry in work.entries(split) if entry["name"])
+            if finished:
+                logger.warning("prepare: stopped; %d finished shards are kept in %s, and the same command run again "
+                               "continues from them", finished, work.folder)
+            raise
+        work.remove()
     return load_prepared(output)
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "TEXT_DOCUMENTS",
     "DEFAULT_SEPARATOR",
     "PIECE_CHARS",
+    "input_format",
     "resolve_inputs",
     "describe_inputs",
     "iter_documents",
