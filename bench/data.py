@@ -6,11 +6,16 @@
      ``--num-proc`` workers, exact packing into blocks of 512, Arrow on disk);
    - original: one process reads 100 MB chunks, ``Tokenizer.encode(chunk)``, appends int32 ids with numpy.
    Peak memory is the PSS summed over the whole process tree (workers included), sampled every 0.1 s.
-2. Memory under training-style random block access (batches of 8 random blocks, collated to int64) over a token
+   With ``--reference CHECKOUT`` the same ``prepare_dataset`` from another checkout (an earlier commit) runs
+   alternately with ours, for each ``--num-proc``: the regression check.
+2. With ``--kill-at 0.8``: a full prepare, then one SIGKILLed (its whole process group) once 80% of its shards are
+   finished, then the re-run that continues it; the re-run's time as a share of the full prepare's.
+3. Memory under training-style random block access (batches of 8 random blocks, collated to int64) over a token
    dataset of 100 MB and one 10x larger: RSS split into anonymous memory (what the process allocates) and
    file-backed pages (the memory-mapped Arrow file, reclaimable page cache).
 
-    python bench/data.py [--text-mb 200] [--repeats 3] [--num-proc 2] [--access-mb 100 1000] [--json FILE]
+    python bench/data.py [--text-mb 200] [--repeats 3] [--num-proc 1 2] [--reference CHECKOUT] [--kill-at 0.8]
+                         [--access-mb 100 1000] [--json FILE]
 
 The corpus is the chitchat conversations as plain text, repeated to the requested size; the tokenizer is a
 byte-level BPE of 32,000 ids trained on chitchat. Everything is written under a temporary folder.
@@ -19,6 +24,8 @@ byte-level BPE of 32,000 ids trained on chitchat. Everything is written under a 
 import argparse
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -44,7 +51,7 @@ from transformers import AutoTokenizer
 from scratchgpt.data import prepare_dataset
 tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
 prepare_dataset(tokenizer, [sys.argv[2]], sys.argv[3], block_size=512, val_fraction=0.1,
-                num_proc=int(sys.argv[4]), rebuild=True)
+                num_proc=int(sys.argv[4]))
 """
 
 ACCESS = r"""
@@ -91,17 +98,23 @@ def tree_pss_mb(pid: int) -> dict[str, float]:
     return total
 
 
-def timed(command: list[str]) -> dict:
-    """Run a command; wall time and peak process-tree PSS."""
+def timed(command: list[str], env: dict | None = None, kill_when=None) -> dict:
+    """Run a command; wall time and peak process-tree PSS. ``kill_when()``, polled with the memory, SIGKILLs the
+    whole process group once it returns true (a disconnect, as a notebook host does it)."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env=env, start_new_session=True)
     peak = {"Pss": 0.0, "Pss_Anon": 0.0, "Pss_File": 0.0}
     done = threading.Event()
+    killed = []
 
     def sample():
         while not done.is_set():
             for key, value in tree_pss_mb(process.pid).items():
                 peak[key] = max(peak[key], value)
+            if kill_when is not None and not killed and kill_when():
+                killed.append(time.perf_counter() - start)
+                os.killpg(process.pid, signal.SIGKILL)
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample)
@@ -109,10 +122,10 @@ def timed(command: list[str]) -> dict:
     _, stderr = process.communicate()
     done.set()
     sampler.join()
-    if process.returncode:
+    if process.returncode and not killed:
         raise RuntimeError(stderr[-2000:])
     return {"seconds": time.perf_counter() - start, "peak_pss_mb": peak["Pss"], "peak_anon_mb": peak["Pss_Anon"],
-            "peak_file_mb": peak["Pss_File"]}
+            "peak_file_mb": peak["Pss_File"], "killed_after_s": killed[0] if killed else None}
 
 
 def make_corpus(path: Path, megabytes: int) -> int:
@@ -155,11 +168,99 @@ def make_token_dataset(folder: Path, megabytes: int) -> None:
     (folder / "data" / "scratchgpt_data.json").write_text(json.dumps({"dtype": "uint16"}))
 
 
+def summarise(measured: list[dict], text_bytes: int) -> dict:
+    seconds = statistics.median(r["seconds"] for r in measured)
+    return {"seconds": seconds, "mb_per_s": text_bytes / 1e6 / seconds, "runs": len(measured),
+            "peak_pss_mb": max(r["peak_pss_mb"] for r in measured),
+            "peak_anon_mb": max(r["peak_anon_mb"] for r in measured),
+            "peak_file_mb": max(r["peak_file_mb"] for r in measured)}
+
+
+def with_path(checkout: str | None) -> dict:
+    """The environment that imports scratchgpt from ``checkout`` (None: this one)."""
+    root = checkout or str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": root}
+
+
+def throughput(args, tmp: Path, text_bytes: int) -> dict:
+    """Ours (and the reference checkout, and the original approach) on the same corpus, alternating."""
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.repeats):
+        for num_proc in args.num_proc:
+            kinds = {"ours": None, **({"reference": args.reference} if args.reference else {})}
+            for kind, checkout in kinds.items():
+                runs.setdefault(f"{kind} num_proc={num_proc}", []).append(timed(
+                    [sys.executable, "-c", OURS, str(tmp / "tokenizer"), str(tmp / "corpus.txt"), str(tmp / kind),
+                     str(num_proc)], env=with_path(checkout)))
+                shutil.rmtree(tmp / kind)
+        if not args.no_original:
+            runs.setdefault("original", []).append(timed([sys.executable, "-c", ORIGINAL,
+                                                          str(tmp / "tokenizer" / "tokenizer.json"),
+                                                          str(tmp / "corpus.txt"), str(tmp / "original.bin")]))
+    summary = {kind: summarise(measured, text_bytes) for kind, measured in runs.items()}
+    summary["text_mb"] = text_bytes / 1e6
+    for kind, figures in summary.items():
+        if kind != "text_mb":
+            print(f"text -> tokens, {text_bytes / 1e6:.0f} MB, {kind}: {figures['mb_per_s']:.2f} MB/s "
+                  f"({figures['seconds']:.0f} s; peak {figures['peak_pss_mb']:.0f} MB: anonymous "
+                  f"{figures['peak_anon_mb']:.0f}, file-backed {figures['peak_file_mb']:.0f})")
+    for num_proc in args.num_proc:
+        if args.reference:
+            ours, reference = (summary[f"{kind} num_proc={num_proc}"]["mb_per_s"] for kind in ("ours", "reference"))
+            ratio = ours / reference
+            summary[f"throughput_ratio_ours_over_reference num_proc={num_proc}"] = ratio
+            print(f"num_proc={num_proc}: ours / reference throughput {ratio:.3f}")
+        if "original" in summary:
+            ratio = summary[f"ours num_proc={num_proc}"]["mb_per_s"] / summary["original"]["mb_per_s"]
+            summary[f"throughput_ratio_ours_over_original num_proc={num_proc}"] = ratio
+            print(f"num_proc={num_proc}: ours / original throughput {ratio:.2f}")
+    return summary
+
+
+def resume(args, tmp: Path, text_bytes: int) -> dict:
+    """A full prepare; then one SIGKILLed when ``--kill-at`` of its shards are done, and the re-run that continues
+    it: what the disconnect costs, as a share of the full prepare."""
+    from scratchgpt.data.shards import MANIFEST, SHARD_BYTES
+
+    num_proc = str(args.num_proc[0])
+    command = [sys.executable, "-c", OURS, str(tmp / "tokenizer"), str(tmp / "corpus.txt"), str(tmp / "ours"),
+               num_proc]
+    full = timed(command, env=with_path(None))
+    shutil.rmtree(tmp / "ours")
+    expected = -(-text_bytes // SHARD_BYTES)
+    manifest = tmp / ".ours.partial" / MANIFEST
+
+    def far_enough() -> bool:
+        try:
+            shards = json.loads(manifest.read_text())["splits"]["train"]["shards"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return len(shards) >= args.kill_at * expected
+
+    killed = timed(command, env=with_path(None), kill_when=far_enough)
+    kept = len(json.loads(manifest.read_text())["splits"]["train"]["shards"])
+    resumed = timed(command, env=with_path(None))
+    result = {"full_seconds": full["seconds"], "killed_after_s": killed["killed_after_s"], "shards_kept": kept,
+              "shards_in_all": expected, "resume_seconds": resumed["seconds"],
+              "resume_share_of_full": resumed["seconds"] / full["seconds"],
+              "resume_peak_pss_mb": resumed["peak_pss_mb"]}
+    print(f"killed after {result['killed_after_s']:.0f} s with {kept} of {expected} shards done; the re-run took "
+          f"{result['resume_seconds']:.0f} s, {result['resume_share_of_full']:.1%} of a full prepare "
+          f"({result['full_seconds']:.0f} s)")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text-mb", type=int, default=200, help="size of the text corpus for the throughput run")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--num-proc", type=int, default=2)
+    parser.add_argument("--num-proc", type=int, nargs="+", default=[2], help="tokenizer workers; each is measured")
+    parser.add_argument("--reference", metavar="CHECKOUT", default=None,
+                        help="also run prepare_dataset from this checkout of scratchgpt (e.g. a git worktree of an "
+                             "earlier commit), alternating with ours on the same input: the regression check")
+    parser.add_argument("--kill-at", type=float, default=None,
+                        help="also SIGKILL one prepare (the first --num-proc) when this fraction of its shards is "
+                             "done, e.g. 0.8, and time the re-run that continues it against a full prepare")
     parser.add_argument("--no-original", action="store_true",
                         help="measure ours only (the original approach needs ~7 GB and ~20 min per GB of text)")
     parser.add_argument("--access-mb", type=int, nargs="*", default=[100, 1000],
@@ -174,33 +275,9 @@ def main() -> None:
         make_tokenizer(tmp / "tokenizer")
         if args.text_mb:
             text_bytes = make_corpus(tmp / "corpus.txt", args.text_mb)
-            runs = {"ours": [], "original": []}
-            for _ in range(args.repeats):
-                runs["ours"].append(timed([sys.executable, "-c", OURS, str(tmp / "tokenizer"), str(tmp / "corpus.txt"),
-                                           str(tmp / "ours"), str(args.num_proc)]))
-                if not args.no_original:
-                    runs["original"].append(timed([sys.executable, "-c", ORIGINAL,
-                                                   str(tmp / "tokenizer" / "tokenizer.json"), str(tmp / "corpus.txt"),
-                                                   str(tmp / "original.bin")]))
-            summary = {kind: {"seconds": statistics.median(r["seconds"] for r in measured),
-                              "mb_per_s": text_bytes / 1e6 / statistics.median(r["seconds"] for r in measured),
-                              "peak_pss_mb": max(r["peak_pss_mb"] for r in measured),
-                              "peak_anon_mb": max(r["peak_anon_mb"] for r in measured),
-                              "peak_file_mb": max(r["peak_file_mb"] for r in measured)}
-                       for kind, measured in runs.items() if measured}
-            summary["text_mb"] = text_bytes / 1e6
-            line = (f"text -> tokens, {text_bytes / 1e6:.0f} MB: ours {summary['ours']['mb_per_s']:.2f} MB/s "
-                    f"(peak {summary['ours']['peak_pss_mb']:.0f} MB: anonymous {summary['ours']['peak_anon_mb']:.0f},"
-                    f" file-backed {summary['ours']['peak_file_mb']:.0f})")
-            if "original" in summary:
-                summary["throughput_ratio_ours_over_original"] = (summary["ours"]["mb_per_s"]
-                                                                  / summary["original"]["mb_per_s"])
-                line += (f", original {summary['original']['mb_per_s']:.2f} MB/s (peak "
-                         f"{summary['original']['peak_pss_mb']:.0f} MB: anonymous "
-                         f"{summary['original']['peak_anon_mb']:.0f}), ratio "
-                         f"{summary['throughput_ratio_ours_over_original']:.2f}")
-            results["throughput"] = summary
-            print(line)
+            results["throughput"] = throughput(args, tmp, text_bytes)
+            if args.kill_at:
+                results["resume"] = resume(args, tmp, text_bytes)
             (tmp / "corpus.txt").unlink()
 
         access = {}

@@ -157,6 +157,7 @@ def _prepare(args: argparse.Namespace) -> None:
 
 SPLIT_METHODS = {
     "validation_inputs": "validation: the --validation-input files",
+    "dataset_split": "validation: the Hub dataset's own validation split",
     "none": "no validation split (--val-fraction 0)",
     "document": "validation: a random fraction of the documents",
     "tail": "validation: the tail of the token stream, in whole blocks (fewer than 10 documents to split by)",

@@ -75,7 +75,9 @@ def model_card_markdown(name: str, model, tokenizer, metrics: dict) -> str:
     if context:
         lines.append(f"- replies of up to {context // 2} tokens (half the context; the rest holds the prompt)")
     if training:
-        data = training.get("dataset_name") or ", ".join(training.get("inputs", []))
+        data = (training.get("data_card_name") or training.get("dataset_name")
+                or ", ".join([d["name"] for d in training.get("hub_datasets") or []]
+                             + [name for name in training.get("inputs", []) if not name.startswith("hf://")]))
         lines.append(f"- trained on {data}: {training.get('train_tokens', 0):,} tokens, "
                      f"{metrics.get('global_step', '?'):,} steps")
     if "eval_perplexity" in metrics:

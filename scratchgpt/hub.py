@@ -135,6 +135,20 @@ def _kept_words(metrics: dict) -> str:
     return f"those of step {kept['step']:,}: {kept['reason']}"
 
 
+def _data_words(training: dict) -> str:
+    """How the card names the training data: the name given for it, else each Hub dataset with its split and the
+    commit read (and the other inputs by file name)."""
+    given = training.get("data_card_name") or training.get("dataset_name")  # dataset_name: older metrics.json
+    if given:
+        return given
+    words = []
+    for dataset in training.get("hub_datasets") or []:
+        details = [f"config {dataset['config']}"] if dataset["config"] else []
+        details += [f"{dataset['split']} split", f"commit {(dataset['revision'] or '?')[:7]}"]
+        words.append(f"[{dataset['name']}](https://huggingface.co/datasets/{dataset['name']}) ({', '.join(details)})")
+    return ", ".join(words + [name for name in training["inputs"] if not name.startswith("hf://datasets/")])
+
+
 def model_card(folder: str | Path, repo_id: str) -> str:
     """A README.md with Hub metadata (model-index with the validation perplexity) and the sections people need."""
     folder = Path(folder)
@@ -145,7 +159,9 @@ def model_card(folder: str | Path, repo_id: str) -> str:
     parameters = _parameters(folder)
     perplexity = metrics.get("eval_perplexity")
     name = repo_id.split("/")[-1]
-    data_names = ["chitchat"] if "chitchat" in training.get("inputs", []) else None
+    hub_datasets = training.get("hub_datasets") or []
+    data_names = list(dict.fromkeys((["chitchat"] if "chitchat" in training.get("inputs", []) else [])
+                                    + [dataset["name"] for dataset in hub_datasets])) or None
 
     card_data = ModelCardData(
         library_name="transformers",
@@ -173,7 +189,7 @@ def model_card(folder: str | Path, repo_id: str) -> str:
     if training:
         hours = metrics.get("train_runtime_total", metrics.get("train_runtime", 0)) / 3600
         trained = _fine_tuning_line(training) + "\n".join([
-            f"- Data: {training.get('dataset_name') or ', '.join(training['inputs'])}: "
+            f"- Data: {_data_words(training)}: "
             f"{training['train_tokens']:,} training tokens, "
             f"{training['validation_tokens']:,} validation tokens, blocks of {training['block_size']} tokens.",
             f"- {metrics.get('global_step', '?'):,} steps of {training['tokens_per_step']:,} tokens; "

@@ -14,6 +14,8 @@ the same, token for token. The work folder is removed once the output is complet
 The validation split (``split_method`` in the metadata) is, in this order of precedence:
 
 - ``validation_inputs``: the files given as validation data; nothing is split off the training inputs;
+- ``dataset_split``: the Hub dataset's own ``validation`` (else ``test``) split, when every input is the ``train``
+  split of a Hub dataset that has one (and ``val_fraction`` is not 0);
 - ``none``: ``val_fraction`` is 0;
 - ``document``: a seeded random ``val_fraction`` of the documents, when the corpus has at least
   ``MIN_DOCUMENTS_TO_SPLIT`` documents (so that one document is never a large share of either split);
@@ -52,8 +54,8 @@ from ..staging import staged_output
 from ..tokenization import encode_chats
 from .cleaning import clean_documents
 from .shards import SHARD_BYTES, ShardFolder, work_folder
-from .sources import (CHITCHAT, DEFAULT_SEPARATOR, check_text_options, describe_inputs, input_format,
-                      iter_document_pieces, resolve_inputs)
+from .sources import (CHITCHAT, DEFAULT_SEPARATOR, check_text_options, dataset_validation_inputs, describe_inputs,
+                      input_format, iter_document_pieces, resolve_inputs)
 
 
 __all__ = [
@@ -328,7 +330,7 @@ def _no_bar():
 def _expected_shards(files: list[str], shard_bytes: int) -> int:
     """How many shards ``files`` will make, from their sizes on disk: text is as large as an uncompressed file and
     taken to be about four times a compressed one (a guess, for the progress bar's total and ETA only)."""
-    sizes = [entry["size"] * (4 if path != CHITCHAT and input_format(path)[1] else 1)
+    sizes = [(entry["size"] or 0) * (4 if path != CHITCHAT and input_format(path)[1] else 1)
              for path, entry in zip(files, describe_inputs(files))]
     return max(1, -(-sum(sizes) // shard_bytes))
 
@@ -494,6 +496,10 @@ def prepare_dataset(
     check_text_options(text_documents, document_separator)
     files = resolve_inputs(inputs)
     validation_files = resolve_inputs(validation_inputs) if validation_inputs else []
+    from_dataset = False
+    if not validation_files and val_fraction > 0:
+        validation_files = dataset_validation_inputs(files)
+        from_dataset = bool(validation_files)
     if assistant_only_loss:
         _check_conversations(files + validation_files, text_documents, document_separator)
     dtype = token_dtype(len(tokenizer))
@@ -539,6 +545,7 @@ def prepare_dataset(
                 if validation is None:
                     raise ValueError(f"no documents in {', '.join(validation_files)}")
             method, parts = _split(train, validation, val_fraction, seed)
+            method = "dataset_split" if from_dataset else method
             # (split name, token records, which of them, first token, last token + 1, documents) of each split
             spans = [(name, token_ids, keep, 0, _n_tokens(token_ids, keep), _n_documents(token_ids, keep))
                      for name, (token_ids, keep) in parts.items()]

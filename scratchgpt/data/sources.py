@@ -1,8 +1,9 @@
 """Raw corpora as streams of documents.
 
 A document is either a string (plain text) or a conversation: a list of ``{"role", "content"}`` messages with
-roles system/user/assistant. Everything streams: files are read line by line, so memory stays bounded whatever the
-corpus size. Bad input raises ``ValueError``/``FileNotFoundError`` naming the file (and line) and what is wrong.
+roles system/user/assistant (see ``records``). Everything streams: files are read line by line, so memory stays
+bounded whatever the corpus size. Bad input raises ``ValueError``/``FileNotFoundError`` naming the file (and line)
+and what is wrong.
 
 Inputs understood by ``iter_documents``:
 
@@ -21,7 +22,8 @@ Inputs understood by ``iter_documents``:
 - a folder: every file of those kinds under it, in sorted order, but plain ``.json`` and ``.csv`` files (as often
   settings or tables as corpora: name them, or match them with a glob); a glob pattern (``data/*.txt``): every
   file of those kinds it matches;
-- ``chitchat``: the built-in corpus of the ``chitchat-dataset`` package (7,168 human-to-human chats).
+- ``chitchat``: the built-in corpus of the ``chitchat-dataset`` package (7,168 human-to-human chats);
+- ``hf://datasets/ORG/NAME``: a dataset on the Hugging Face Hub, streamed row by row (see ``hub_datasets``).
 
 Invalid UTF-8 is rejected, not repaired: the error names the file and line, so a corpus is never silently altered.
 
@@ -34,6 +36,7 @@ single-file corpus streams with bounded memory and still tokenizes exactly as on
 import bz2
 import codecs
 import csv
+import functools
 import glob
 import gzip
 import io
@@ -44,6 +47,9 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from .hub_datasets import HubDataset, is_hub_input
+from .records import ROLES, Document, check_messages, record_document
 
 
 __all__ = [
@@ -56,6 +62,8 @@ __all__ = [
     "input_format",
     "resolve_inputs",
     "describe_inputs",
+    "dataset_validation_inputs",
+    "is_hub_input",
     "iter_documents",
     "iter_document_pieces",
     "iter_texts",
@@ -66,7 +74,6 @@ __all__ = [
 ]
 
 CHITCHAT = "chitchat"
-ROLES = ("system", "user", "assistant")
 SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 TEXT_DOCUMENTS = ("file", "separator", "paragraph")
@@ -75,8 +82,6 @@ PIECE_CHARS = 8192  # small enough that a tokenizing batch of 1,000 records stay
 # the most text a tokenizer trains on by default (see TextSample and BENCHMARKS.md for the memory it takes)
 TOKENIZER_TRAIN_BYTES = 500_000_000
 SAMPLE_REPORT = "tokenizer_sample.json"  # written beside a trained tokenizer: how much of the corpus it saw
-
-Document = str | list[dict[str, str]]
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +106,21 @@ def _in_folder(path: Path) -> bool:
     return kind is not None and (compression is not None or kind not in _NOT_IN_FOLDERS)
 
 
+@functools.lru_cache(maxsize=64)
+def _resolve_hub_input(entry: str) -> str:
+    return HubDataset.parse(entry).resolved().uri()
+
+
 def resolve_inputs(paths: Iterable[str]) -> list[str]:
-    """Expand folders and glob patterns into files; raise for anything missing, empty or of an unknown kind."""
+    """Expand folders and glob patterns into files, and pin a Hub dataset's revision to its commit (see
+    ``hub_datasets``); raise for anything missing, empty or of an unknown kind."""
     files = []
     for path in paths:
         if path == CHITCHAT:
             files.append(path)
+            continue
+        if is_hub_input(path):
+            files.append(_resolve_hub_input(path))
             continue
         p = Path(path)
         if p.is_dir() or (glob.has_magic(path) and not p.exists()):
@@ -337,17 +351,6 @@ def _text_pieces(path: str, text_documents: str, separator: str) -> Iterator[tup
             buffer, size, continued = [], 0, False
 
 
-def _check_messages(messages, where: str) -> list[dict[str, str]]:
-    if not isinstance(messages, list) or not messages:
-        raise ValueError(f"{where}: 'messages' must be a non-empty list")
-    for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise ValueError(f"{where}: each message needs a string 'content'")
-        if message.get("role") not in ROLES:
-            raise ValueError(f"{where}: unknown role {message.get('role')!r}; expected one of {', '.join(ROLES)}")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
-
-
 def _jsonl_documents(path: str) -> Iterator[Document]:
     for line_number, line in _lines(path):
         if not line.strip():
@@ -359,15 +362,7 @@ def _jsonl_documents(path: str) -> Iterator[Document]:
             raise ValueError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
         except RecursionError:
             raise ValueError(f"{where}: JSON nested too deeply to read") from None
-        yield _record_document(record, where)
-
-
-def _record_document(record, where: str) -> Document:
-    if isinstance(record, dict) and isinstance(record.get("text"), str):
-        return record["text"]
-    if isinstance(record, dict) and "messages" in record:
-        return _check_messages(record["messages"], where)
-    raise ValueError(f"{where}: expected an object with a 'text' string or a 'messages' list")
+        yield record_document(record, where)
 
 
 # A JSON array is read in chunks of this many bytes; one element may be this large, past which the file is taken to
@@ -434,7 +429,7 @@ def _json_documents(path: str) -> Iterator[Document]:
             except RecursionError:
                 fail("JSON nested too deeply to read", position)
         element += 1
-        yield _record_document(record, f"{path}: element {element}")
+        yield record_document(record, f"{path}: element {element}")
         position = end
 
 
@@ -507,7 +502,7 @@ def _parquet_rows(path: str) -> Iterator[Document]:
                     raise ValueError(f"{path}: row {row}: 'text' is not a string")
                 yield value
             else:
-                yield _check_messages(value, f"{path}: row {row}")
+                yield check_messages(value, f"{path}: row {row}")
 
 
 def _chitchat_file() -> str:
@@ -554,9 +549,11 @@ def iter_document_pieces(paths: Iterable[str], text_documents: str = "file",
     Inputs are checked up front (see ``resolve_inputs``)."""
     check_text_options(text_documents, document_separator)
     for path in resolve_inputs(paths):
-        kind = None if path == CHITCHAT else input_format(path)[0]
+        kind = None if path == CHITCHAT or is_hub_input(path) else input_format(path)[0]
         if path == CHITCHAT:
             yield from ((conversation, True) for conversation in chitchat_conversations())
+        elif is_hub_input(path):
+            yield from ((document, True) for document in HubDataset.parse(path).documents())
         elif kind in _RECORD_READERS:
             yield from ((document, True) for document in _RECORD_READERS[kind](path))
         else:
@@ -577,14 +574,27 @@ def iter_documents(paths: Iterable[str], text_documents: str = "file",
 
 
 def describe_inputs(files: Iterable[str]) -> list[dict]:
-    """Path, size and modification time of each resolved input: what decides whether prepared data is stale."""
+    """Path, size and modification time of each resolved input (a Hub dataset: its commit, and a size of None):
+    what decides whether prepared data is stale."""
     described = []
     for path in files:
+        if is_hub_input(path):
+            described.append(HubDataset.parse(path).describe())
+            continue
         real = _chitchat_file() if path == CHITCHAT else path
         stat = os.stat(real)
         described.append({"path": path if path == CHITCHAT else os.path.abspath(path), "size": stat.st_size,
                           "mtime": stat.st_mtime})
     return described
+
+
+def dataset_validation_inputs(files: list[str]) -> list[str]:
+    """The Hub datasets' own validation splits (``validation``, else ``test``) when every input is the ``train``
+    split of a Hub dataset that has one; else nothing."""
+    if not files or not all(is_hub_input(path) for path in files):
+        return []
+    splits = [HubDataset.parse(path).validation() for path in files]
+    return [split.uri() for split in splits] if all(splits) else []
 
 
 def iter_texts(documents: Iterable[Document]) -> Iterator[str]:
@@ -613,10 +623,10 @@ class TextSample:
         self.paths, self.text_documents, self.separator = list(paths), text_documents, document_separator
         self.max_bytes, self.taken = max_bytes, 0
         files = resolve_inputs(self.paths)
-        on_disk = sum(entry["size"] for entry in describe_inputs(files))
-        # text is never larger than an uncompressed file; a compressed one may hold any amount
+        on_disk = sum(entry["size"] or 0 for entry in describe_inputs(files))
+        # text is never larger than an uncompressed file; a compressed one (or a Hub dataset) may hold any amount
         fits = max_bytes is None or (on_disk <= max_bytes and not any(
-            path != CHITCHAT and input_format(path)[1] for path in files))
+            is_hub_input(path) or (path != CHITCHAT and input_format(path)[1]) for path in files))
         self.total = None if fits else sum(len(text.encode("utf-8")) for text in self._texts())
         self.fraction = 1.0 if self.total is None or self.total <= max_bytes else max_bytes / self.total
 

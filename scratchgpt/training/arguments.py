@@ -14,7 +14,8 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.training_args import OptimizerNames
 
-from ..data.sources import DEFAULT_SEPARATOR, TOKENIZER_TRAIN_BYTES
+from ..data.hub_datasets import HubDataset
+from ..data.sources import CHITCHAT, DEFAULT_SEPARATOR, TOKENIZER_TRAIN_BYTES
 from ..modeling import PRESETS
 
 
@@ -74,11 +75,27 @@ CHAT_SAMPLE_PROMPTS = ["Hi! How are you doing today?", "What do you like to do o
 class DataArguments:
     """Where the text comes from and how it becomes training blocks."""
 
-    inputs: list[str] = field(default_factory=lambda: ["chitchat"],
-                              metadata={"help": ".txt/.jsonl/.json/.csv/.parquet files (compressed too: .gz, .bz2, "
-                                                ".xz, .zst), folders, globs, or 'chitchat'"})
+    inputs: list[str] | None = field(default=None, metadata={
+        "help": ".txt/.jsonl/.json/.csv/.parquet files (compressed too: .gz, .bz2, .xz, .zst), folders, globs, "
+                "hf://datasets/ORG/NAME (a Hub dataset), or 'chitchat' (the default, without dataset_name)"})
     dataset_name: str | None = field(default=None, metadata={
-        "help": "how the model card names the training data (default: the inputs' file names, never their paths)"})
+        "help": "a dataset on the Hugging Face Hub (ORG/NAME, or a local folder in the Hub's layout), read with "
+                "datasets.load_dataset; added to the inputs"})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "the Hub dataset's configuration"})
+    dataset_split: str = field(default="train", metadata={
+        "help": "the Hub dataset's split to train on; when it is 'train', its own 'validation' (else 'test') split, "
+                "if it has one, is the validation split"})
+    dataset_revision: str | None = field(default=None, metadata={
+        "help": "the Hub dataset's branch, tag or commit (default: main; recorded as the commit it resolved to)"})
+    text_column: str | None = field(default=None, metadata={
+        "help": "the Hub dataset's column to read: text, or role/content messages (default: 'text', else "
+                "'messages')"})
+    streaming: bool = field(default=True, metadata={
+        "help": "stream the Hub dataset row by row (never stored whole); false downloads it to the datasets cache "
+                "first"})
+    data_card_name: str | None = field(default=None, metadata={
+        "help": "how the model card names the training data (default: the Hub dataset's name, or the inputs' file "
+                "names, never their paths)"})
     tokenizer_path: str | None = field(default=None, metadata={
         "help": "tokenizer folder; trained there from the inputs if missing (default: <output_dir>/tokenizer)"})
     tokenizer_type: str = field(default="bpe", metadata={"help": "kind to train if missing: 'bpe' or 'char'"})
@@ -118,6 +135,14 @@ class DataArguments:
                           "(default: chat prompts when the data are conversations, else the opening words of the "
                           "text's first documents, continued)"})
     sample_max_new_tokens: int = field(default=40, metadata={"help": "length of each sample generation"})
+
+    def __post_init__(self):
+        if self.dataset_name:
+            hub = HubDataset(name=self.dataset_name, config=self.dataset_config_name, split=self.dataset_split,
+                             revision=self.dataset_revision, column=self.text_column, streaming=self.streaming)
+            self.inputs = [*(self.inputs or []), hub.uri()]
+        elif self.inputs is None:
+            self.inputs = [CHITCHAT]
 
 
 @dataclass

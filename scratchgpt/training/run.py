@@ -33,6 +33,7 @@ from ..data.prepare import (
     read_metadata,
     tokenizer_fingerprint,
 )
+from ..data.hub_datasets import HubDataset, is_hub_input
 from ..data.sources import TextSample
 from ..errors import write_failure
 from ..loading import check_model_folder, check_tokenizer_fits, resolve_model, vocabulary_fingerprint
@@ -268,8 +269,22 @@ def _quiet() -> None:
 
 
 def public_names(inputs: list[str]) -> list[str]:
-    """What a published card may say about local inputs: file or folder names, never their paths."""
-    return [path if path == "chitchat" else Path(path.rstrip("/\\")).name or path for path in inputs]
+    """What a published card may say about local inputs: file or folder names, never their paths (a Hub dataset
+    is named as given: its id is public where it is)."""
+    return [path if path == "chitchat" or (is_hub_input(path) and not HubDataset.parse(path).is_local)
+            else Path(path.split("?")[0].rstrip("/\\")).name or path for path in inputs]
+
+
+def hub_datasets_read(data: dict) -> list[dict]:
+    """The Hub datasets a prepared folder was read from (its metadata's sources), as the card names them: id,
+    config, split and the commit read."""
+    found = []
+    for source in [*data.get("sources", []), *data.get("validation_sources", [])]:
+        if is_hub_input(source["path"]) and not HubDataset.parse(source["path"]).is_local:
+            dataset = HubDataset.parse(source["path"])
+            found.append({"name": dataset.name, "config": dataset.config, "split": dataset.split,
+                          "revision": source["revision"]})
+    return found
 
 
 def _last_step(state: dict, training_args) -> int:
@@ -442,7 +457,8 @@ def _training_summary(training_args, data_args: DataArguments, model_args: Model
         # names only: metrics.json and the model card are published, and local paths name users and folders
         "inputs": public_names(data_args.inputs),
         "validation_inputs": public_names(data_args.validation_inputs or []),
-        "dataset_name": data_args.dataset_name,
+        "data_card_name": data_args.data_card_name,
+        "hub_datasets": hub_datasets_read(data),
         "base_model": public_names([model_args.model_name_or_path])[0] if model_args.model_name_or_path else None,
         "split_method": data.get("split_method"),
         "train_tokens": data["splits"]["train"]["tokens"],
