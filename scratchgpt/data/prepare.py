@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import datasets
 import torch
 from datasets import Dataset, DatasetDict, Features, List, Value, load_from_disk
 from datasets.arrow_writer import ArrowWriter
@@ -357,7 +358,7 @@ def _tokenized_shards(work: ShardFolder, split: str, files: list[str], tokenizer
     expected = max(_expected_shards(files, shard_bytes), len(entries) + (not work.complete(split)))
     with tqdm(total=expected, initial=len(entries), unit="shard",
               desc="Tokenizing inputs" if split == "train" else "Tokenizing validation inputs",
-              disable=work.complete(split)) as progress:
+              disable=work.complete(split) or datasets.are_progress_bars_disabled()) as progress:
         while not work.complete(split):
             scratch = work.scratch()
             size, position = 0, None
