@@ -576,7 +576,7 @@ def corpus_cases(tmp_path):
 def test_many_small_shards_give_the_same_dataset_as_one(tmp_path, case):
     inputs, settings = corpus_cases(tmp_path)[case]
     whole = prepare_dataset(tokenizer(), inputs, tmp_path / "whole", block_size=16, **settings)
-    sharded = prepare_dataset(tokenizer(), inputs, tmp_path / "sharded", block_size=16, shard_bytes=500, **settings)
+    prepare_dataset(tokenizer(), inputs, tmp_path / "sharded", block_size=16, shard_bytes=500, **settings)
     shards = read_metadata(tmp_path / "sharded")["shards"]
     assert read_metadata(tmp_path / "whole")["shards"]["train"] == 1 and shards["train"] >= 5, shards
     assert prepared_content(tmp_path / "sharded") == prepared_content(tmp_path / "whole")

@@ -146,7 +146,7 @@ class HubDataset:
 
         rows = datasets.load_dataset(self.name, self.config, split=self.split, revision=self.revision,
                                      streaming=self.streaming)
-        names = list(rows.features or {}) if rows.features is not None else None
+        names = list(rows.features) if rows.features is not None else None
         column = self.column or ("messages" if names is not None and "text" not in names and "messages" in names
                                  else "text")
         if names is not None and column not in names:

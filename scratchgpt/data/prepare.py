@@ -315,10 +315,8 @@ def _check_conversations(files: list[str], text_documents: str, document_separat
 @contextmanager
 def _no_bar():
     """datasets' progress bar off for one step whose bar would mislead (``from_generator`` calls every table it
-    writes "Generating train split", the validation blocks too) or say nothing (saving); the long steps, cleaning
-    and tokenizing, keep theirs, named by their ``desc``."""
-    import datasets
-
+    writes "Generating train split", the validation blocks too), repeat once per shard (cleaning, tokenizing: the
+    shard bar covers them) or say nothing (saving)."""
     was_off = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
