@@ -289,6 +289,18 @@ def _train(args: argparse.Namespace) -> None:
         print(run_summary(metrics))
 
 
+def _plan(args: argparse.Namespace) -> None:
+    from .training.run import main as run_training
+
+    if not args.config_and_keys:
+        raise ValueError("give the run to plan: scratchgpt plan CONFIG.yaml [--key value ...], as for train.py")
+    planned = run_training(args.config_and_keys, plan=True)
+    if planned["reality_check"] is None:
+        raise ValueError("the run has no step to time")
+    print(planned["text"])
+    print(f"the tokenizer and data are kept for the run: python train.py {' '.join(args.config_and_keys)}")
+
+
 def _add_sampling_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("model", help="model folder (ScratchGPT, a GPT-2 export, a converted legacy checkpoint)")
     command.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
@@ -329,6 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "recipe (e.g. --num_train_epochs 5 --output_dir runs/mine); running it again resumes.")
     train.add_argument("files_and_keys", nargs=argparse.REMAINDER, metavar="FILE... [--key value ...]")
     train.set_defaults(handler=_train)
+
+    plan = commands.add_parser(
+        "plan", help="what a train.py run will cost here: tokens, steps, time per epoch and in all, peak memory",
+        description="Do what train.py CONFIG [--key value ...] does before training (train the tokenizer and "
+                    "prepare the data if they are missing; both are kept for the run), then time a few optimizer "
+                    "steps of a fresh model (reality_check_steps, default 5, after one untimed) and print the run's "
+                    "tokens, tokens per step, steps per epoch and in all, the time they will take here, and the peak "
+                    "memory. Nothing else is written; checkpoints in output_dir are left as they are.")
+    plan.add_argument("config_and_keys", nargs=argparse.REMAINDER, metavar="CONFIG.yaml [--key value ...]")
+    plan.set_defaults(handler=_plan)
 
     tokenizer = commands.add_parser("tokenizer", help="train a tokenizer")
     tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
@@ -412,11 +434,17 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["plan"] and argv[1:2] not in (["-h"], ["--help"]):
+        # train.py's own arguments, which argparse's REMAINDER refuses when they start with a --key
+        args = build_parser().parse_args(["plan"])
+        args.config_and_keys = argv[1:]
+    else:
+        args = build_parser().parse_args(argv)
     # our own stage lines; the libraries' info lines (HTTP requests, file formats) and per-file bars stay off
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("scratchgpt").setLevel(logging.INFO)
-    if args.command not in ("train", "prepare", "tokenizer"):  # short ones: no "Loading weights" or "Writing shards"
+    if args.command not in ("train", "plan", "prepare", "tokenizer"):  # short ones: no "Loading weights" or "Writing shards"
         _quiet_libraries()
     try:
         args.handler(args)

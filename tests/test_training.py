@@ -688,3 +688,80 @@ def test_sample_generation_is_skipped_when_parameters_are_sharded(monkeypatch):
     assert parameters_are_sharded(SimpleNamespace(fsdp=[], deepspeed="ds_config.json"))
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with an FSDP config sets
     assert parameters_are_sharded(SimpleNamespace(fsdp=[], deepspeed=None))
+
+
+# --- the runtime reality check -----------------------------------------------------------------------------------------
+
+
+def test_plan_prints_the_runs_figures_and_keeps_only_its_tokenizer_and_data(tmp_path, capsys, caplog):
+    from scratchgpt.cli import main as cli
+
+    args = tiny_run_args(tmp_path)  # (written once: a rewritten corpus would make the data stale)
+    assert cli(["plan", *args, "--max_steps", "20"]) == 0
+    printed = capsys.readouterr().out
+    run = tmp_path / "run"
+    blocks = json.loads((run / "data" / "scratchgpt_data.json").read_text())["splits"]["train"]["blocks"]
+    per_epoch = -(-blocks // 4)  # batches of 4 blocks, the last one short
+    assert "reality check (5 steps timed on this machine)" in printed
+    assert f"training tokens   {blocks * 32:,} ({blocks:,} blocks of 32)" in printed
+    assert "tokens per step   128 (4 blocks x 1 accumulation x 1 process)" in printed
+    assert f"steps per epoch   {per_epoch:,}\n" in printed
+    assert f"steps in all      20 ({20 / per_epoch:.2f} epochs)" in printed
+    assert "5 evaluations besides" in printed and "peak memory" in printed
+    # the tokenizer and data are the run's; nothing else is left: no checkpoint, model, metrics or logs
+    assert sorted(p.name for p in run.iterdir() if not p.name.endswith(".lock")) == ["data", "tokenizer"]
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="scratchgpt"):
+        metrics = train(args)
+    assert "is up to date; reusing it" in caplog.text and "reality check (5 steps timed" in caplog.text
+    check = metrics["reality_check"]
+    assert check["total_steps"] == 8 and check["steps_per_epoch"] == per_epoch and check["evaluations"] == 2
+    assert check["estimated_seconds_total"] == pytest.approx(8 * check["seconds_per_step"])
+    assert check["seconds_per_step"] > 0 and check["peak_memory_bytes"] > 2**20
+    assert json.loads((run / "metrics.json").read_text())["reality_check"] == check
+
+    # a plan of a finished run, even with --fresh true, times a fresh model and leaves the run as it was
+    saved = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+    assert cli(["plan", *args, "--fresh", "true"]) == 0
+    assert "steps in all      8 " in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and not p.name.endswith(".lock")} == saved
+
+
+def test_the_reality_check_times_steps_not_what_runs_between_them(monkeypatch):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from scratchgpt.training import reality_check
+
+    # step 101, the warm-up, is not timed; then three steps of 2 s, with an evaluation of 38 s between two of them
+    clock = iter([10.0, 12.0, 50.0, 52.0, 53.0, 55.0])
+    monkeypatch.setattr(reality_check.time, "perf_counter", lambda: next(clock))
+    args = SimpleNamespace(device=torch.device("cpu"), per_device_train_batch_size=8, gradient_accumulation_steps=2,
+                           world_size=2, eval_strategy="steps", eval_steps=0.25)
+    state = SimpleNamespace(global_step=100, max_steps=400, is_world_process_zero=True)
+    callback = reality_check.RealityCheckCallback(block_size=64, train_blocks=10_000, timed_steps=3,
+                                                  time_budget=100.0)
+    control = TrainerControl()
+    callback.on_train_begin(args, state, control, train_dataloader=[None] * 625)  # resumed at step 100
+    for _ in range(5):
+        callback.on_step_begin(args, state, control)
+        state.global_step += 1
+        callback.on_step_end(args, state, control)
+    figures = callback.result
+    assert figures["seconds_per_step"] == 2.0 and figures["tokens_per_step"] == 8 * 2 * 2 * 64
+    assert figures["steps_per_epoch"] == 313 and figures["epochs"] == pytest.approx(400 / 313)
+    assert figures["estimated_seconds_total"] == 800 and figures["estimated_seconds_left"] == 2 * (400 - 104)
+    assert figures["evaluations"] == 4 and not control.should_training_stop
+    text = callback.describe()
+    assert "time left         ~9 min 52 s (resumed at step 100)" in text
+    assert "time_budget       1 min 40 s: about 6 sessions" in text
+
+
+@pytest.mark.parametrize("seconds, text", [(3.24, "3.2 s"), (245, "4 min 05 s"), (7620, "2 h 07 min"),
+                                           (3 * 86400 + 4 * 3600, "3 d 04 h")])
+def test_durations_read_as_a_person_would_say_them(seconds, text):
+    from scratchgpt.training.reality_check import format_duration
+
+    assert format_duration(seconds) == text

@@ -147,7 +147,7 @@ class DataArguments:
 
 @dataclass
 class RunArguments:
-    """Surviving disconnects."""
+    """Surviving disconnects, and knowing what a run will cost."""
 
     fresh: bool = field(default=False, metadata={
         "help": "start from scratch: delete this output_dir's checkpoints instead of resuming from the latest"})
@@ -158,6 +158,9 @@ class RunArguments:
     mirror_dir: str | None = field(default=None, metadata={
         "help": "also copy every checkpoint here (e.g. a mounted Drive); written under a temporary name, renamed "
                 "when complete"})
+    reality_check_steps: int = field(default=5, metadata={
+        "help": "optimizer steps timed at the start for the reality check in the log (tokens, steps, estimated "
+                "time, peak memory); 0: none"})
 
 
 MUON = "muon"

@@ -5,6 +5,7 @@ Works the same under ``python train.py``, ``accelerate launch train.py`` and ``t
 distributed environment, and the tokenizer and data are built once, on the main process first.
 """
 
+import dataclasses
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from transformers import (
     AutoTokenizer,
     GPT2LMHeadModel,
     PreTrainedTokenizerBase,
+    PrinterCallback,
     Trainer,
     TrainerState,
     set_seed,
@@ -74,6 +76,7 @@ from .callbacks import (
 from .checkpoints import latest_complete_checkpoint, list_checkpoints, saved_world_size
 from .finetuning import apply_lora, lora_settings, mix_replay, save_adapter
 from .optimizers import muon_optimizer_cls_and_kwargs
+from .reality_check import RealityCheckCallback
 from .report import write_report
 
 
@@ -488,9 +491,13 @@ def _training_summary(training_args, data_args: DataArguments, model_args: Model
     }
 
 
-def main(argv: list[str]) -> dict:
+def main(argv: list[str], plan: bool = False) -> dict:
     """Run training as configured by ``argv`` (``[CONFIG.yaml] [--key value ...]``); returns the final metrics (and
     ``output_dir``).
+
+    With ``plan`` (``scratchgpt plan``), everything up to training is done as for the run (tokenizer and data are
+    built and kept for it), then ``reality_check_steps`` steps are timed on a fresh model and the run stops without
+    saving anything more; returns ``{"reality_check": figures, "text": the block}``.
 
     The main process holds ``output_dir``'s lock for the whole run (``locking.exclusive_folder``): a second run on
     the same folder stops at once, naming the first. Under torchrun or accelerate only rank 0 takes it; if it cannot,
@@ -507,11 +514,19 @@ def main(argv: list[str]) -> dict:
         training_args.dataloader_pin_memory = False  # nothing to pin for; torch warns about it on every epoch
     if training_args.process_index == 0:
         with exclusive_folder(training_args.output_dir, what="training run"):
-            return _train(model_args, data_args, run_args, training_args)
-    return _train(model_args, data_args, run_args, training_args)
+            return _train(model_args, data_args, run_args, training_args, plan)
+    return _train(model_args, data_args, run_args, training_args, plan)
 
 
-def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments, training_args) -> dict:
+def _plan_arguments(training_args):
+    """The run's arguments for timing a few of its steps: the same batch, precision, optimizer and schedule, and
+    nothing evaluated, logged or saved."""
+    return dataclasses.replace(training_args, eval_strategy="no", eval_on_start=False, save_strategy="no",
+                               load_best_model_at_end=False, logging_strategy="no", report_to=[], disable_tqdm=True)
+
+
+def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments, training_args,
+           plan: bool = False) -> dict:
     time_budget = parse_duration(run_args.time_budget) if run_args.time_budget else None
     if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
         raise ValueError(f"max_steps {training_args.max_steps} and num_train_epochs {training_args.num_train_epochs}: "
@@ -536,7 +551,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         raise ValueError(f"block_size {block_size} is larger than the model context n_positions {context}")
     # where to resume from (--fresh deletes the checkpoints below); a finished run is not trained, prepared or saved
     # (found whatever launch saved it: a finished run stays finished under any launcher)
-    resume_from = None if run_args.fresh else latest_complete_checkpoint(output_dir, world_size=None)
+    # (a plan times a fresh model whatever the folder holds)
+    resume_from = None if run_args.fresh or plan else latest_complete_checkpoint(output_dir, world_size=None)
     if resume_from is not None:
         finished = _finished_run(output_dir, resume_from, training_args)
         if finished is not None:
@@ -553,7 +569,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         else:
             base, tokenizer = None, load_or_train_tokenizer(data_args, tokenizer_path)
             config = build_config(model_args, tokenizer)
-        if run_args.fresh and training_args.process_index == 0:
+        if run_args.fresh and training_args.process_index == 0 and not plan:
             for checkpoint in list_checkpoints(output_dir):
                 logger.warning("--fresh: deleting %s", checkpoint)
                 shutil.rmtree(checkpoint)
@@ -587,7 +603,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     model.generation_config.eos_token_id = generation_eos_token_ids(tokenizer) or None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     base_replies = None
-    if base is not None and training_args.process_index == 0 and not parameters_are_sharded(training_args):
+    if base is not None and training_args.process_index == 0 and not parameters_are_sharded(training_args) \
+            and not plan:
         # the starting model's replies, to show beside the fine-tuned model's at the end
         base_replies = generate_samples(model, tokenizer, data_args.sample_prompts, data_args.sample_max_new_tokens,
                                         chat=chat)
@@ -601,18 +618,24 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
     eval_dataset = dataset.get("validation")
     if eval_dataset is not None and data_args.max_eval_samples:
         eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
+    train_dataset = dataset["train"] if replay is None else mix_replay(dataset["train"], replay,
+                                                                       data_args.replay_fraction, training_args.seed)
+    reality = RealityCheckCallback(block_size, len(train_dataset), timed_steps=max(1, run_args.reality_check_steps) if plan
+                                   else run_args.reality_check_steps, warmup=2 if training_args.torch_compile else 1,
+                                   time_budget=time_budget, stop_when_done=plan, planned_args=training_args)
     stopper = GracefulStopCallback(time_budget)
     clock = TrainingTimeCallback(resume_from)  # before the mirror, so mirrored checkpoints carry the time too
-    callbacks = [stopper, clock,
+    callbacks = [reality, stopper, clock,
                  SampleGenerationCallback(tokenizer, data_args.sample_prompts, data_args.sample_max_new_tokens, chat)]
     if run_args.mirror_dir:
         callbacks.append(MirrorCallback(run_args.mirror_dir))
+    if plan:  # no stop-and-save on a signal, no samples: a plan only times steps
+        callbacks = [reality]
     trainer = Trainer(
         model=model,
-        args=training_args,
+        args=_plan_arguments(training_args) if plan else training_args,
         data_collator=collate_blocks,
-        train_dataset=dataset["train"] if replay is None else mix_replay(
-            dataset["train"], replay, data_args.replay_fraction, training_args.seed),
+        train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         compute_metrics=compute_metrics if eval_dataset is not None else None,
@@ -628,6 +651,10 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
                                                         len(trainer.train_dataset) * block_size)) if warning]
     for warning in warnings:
         logger.warning(warning)
+    if plan:
+        trainer.remove_callback(PrinterCallback)  # with disable_tqdm: no bar and no metrics printed for six steps
+        trainer.train()
+        return {"reality_check": reality.result, "text": reality.describe()}
     try:
         if _at_last_step(resume_from, training_args):
             # the run trained to the end, and its final save failed: transformers 5.24 resumed at max_steps trains
@@ -658,6 +685,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, run_args: RunAr
         logger.info("the saved weights are those of step %d: %s", metrics["kept_weights"]["step"],
                     metrics["kept_weights"]["reason"])
     metrics["warnings"] = warnings
+    if reality.result is not None:
+        metrics["reality_check"] = reality.result
     history = list(trainer.state.log_history)  # the curves: the final evaluation is of the kept weights, not a step
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
