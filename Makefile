@@ -22,7 +22,7 @@ test: $(STAMP)
 
 # The long tests (multi-process DDP, SIGKILL and resume); CI runs them after `make test`.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m slow -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # Deliberate bugs, one at a time, each of which the named tests must catch (tests/mutation_check.py); a few minutes.
 mutation: $(STAMP)

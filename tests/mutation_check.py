@@ -2,15 +2,20 @@
 
     make mutation        # or .venv/bin/python tests/mutation_check.py; exit status 1 if one goes unnoticed
 
-Each row is (file, exact text, replacement, what it breaks, pytest arguments). The file is restored after each run,
-whatever happens. Not part of `make test`: `make mutation` runs it (the selected tests once per mutation, a few
+Each row is (file, exact text, replacement, what it breaks, pytest arguments). Mutations are applied to copies of
+the working tree in a temporary folder (``--jobs`` of them, 2 by default, checked side by side), never to the
+checkout itself. Not part of `make test`: `make mutation` runs it (the selected tests once per mutation, a few
 minutes in all), and CI runs it after the slow tests.
 """
 
+import argparse
+import os
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,26 +124,63 @@ MUTATIONS = [
 ]
 
 
+def checkout_copy(folder: Path) -> Path:
+    """A copy of the working tree (tracked and untracked files, not the ignored ones) with the same .venv, so a
+    mutation in it is seen by that copy's tests only."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True)
+    if listed.returncode:  # not a git checkout: everything but the environment and run outputs
+        shutil.copytree(REPO, folder, ignore=shutil.ignore_patterns(".venv", "runs", "__pycache__", ".pytest_cache"))
+    else:
+        for name in filter(None, listed.stdout.split("\0")):
+            if (REPO / name).is_file():
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / name, folder / name)
+    (folder / ".venv").symlink_to(REPO / ".venv")
+    return folder
+
+
+def check(copy: Path, mutation: tuple) -> bool:
+    """Apply one mutation to the copy, run its tests there, undo it; True when the tests fail."""
+    path, old, new, breaks, tests = mutation
+    target = copy / path
+    source = target.read_text()
+    try:
+        target.write_text(source.replace(old, new))
+        # the copy's package first: the editable install's finder comes after PYTHONPATH
+        env = {**os.environ, "PYTHONPATH": str(copy)}
+        result = subprocess.run(f"{sys.executable} -m pytest -q -x -p no:cacheprovider {tests}", shell=True,
+                                cwd=copy, env=env, capture_output=True, text=True)
+    finally:
+        target.write_text(source)
+    return result.returncode != 0
+
+
 def main() -> int:
-    missed = 0
-    for path, old, new, breaks, tests in MUTATIONS:
-        target = REPO / path
-        source = target.read_text()
-        if source.count(old) != 1:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2, help="mutations checked at once, each in its own copy")
+    args = parser.parse_args()
+    for path, old, *_ in MUTATIONS:
+        if (REPO / path).read_text().count(old) != 1:
             print(f"{path}: the text to mutate is not there exactly once; update this table")
             return 2
-        with tempfile.NamedTemporaryFile(delete=False) as backup:
-            shutil.copy(target, backup.name)
-        try:
-            target.write_text(source.replace(old, new))
-            result = subprocess.run(f"{sys.executable} -m pytest -q -x -p no:cacheprovider {tests}", shell=True,
-                                    cwd=REPO, capture_output=True, text=True)
-        finally:
-            shutil.copy(backup.name, target)
-        caught = result.returncode != 0
-        missed += not caught
-        print(f"{'caught' if caught else 'MISSED'}: {breaks} ({path})")
-    return 1 if missed else 0
+    with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
+        copies = queue.Queue()
+        for i in range(max(1, args.jobs)):
+            copies.put(checkout_copy(Path(tmp) / str(i)))
+
+        def in_a_free_copy(mutation):
+            copy = copies.get()
+            try:
+                return check(copy, mutation)
+            finally:
+                copies.put(copy)
+
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            caught = list(pool.map(in_a_free_copy, MUTATIONS))  # in table order
+    for (path, _, _, breaks, _), was_caught in zip(MUTATIONS, caught):
+        print(f"{'caught' if was_caught else 'MISSED'}: {breaks} ({path})")
+    return 0 if all(caught) else 1
 
 
 if __name__ == "__main__":
