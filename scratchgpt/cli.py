@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = tokenizer_commands.add_parser("train", help="train a byte-level BPE or character tokenizer")
     train.add_argument("--input", nargs="+", required=True, metavar="PATH",
                        help=".txt, .jsonl/.json ('text' or 'messages'), .csv ('text'), .parquet, compressed "
-                            "(.gz, .bz2, .xz, .zst), a folder of those, or 'chitchat' for the built-in corpus")
+                            "(.gz, .bz2, .xz, .zst), a folder of those, 'chitchat' for the built-in corpus, or a Hub "
+                            "dataset, hf://datasets/ORG/NAME")
     train.add_argument("--output", required=True, metavar="DIR", help="folder to save the tokenizer to")
     train.add_argument("--type", choices=["bpe", "char"], default="bpe", help="tokenizer kind (default: bpe)")
     train.add_argument("--train-bytes", type=_byte_count, default=TOKENIZER_TRAIN_BYTES, metavar="N",
@@ -374,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer folder (save_pretrained)")
     prepare.add_argument("--input", nargs="+", required=True, metavar="PATH",
                          help=".txt, .jsonl, .json, .csv, .parquet (compressed too: .gz, .bz2, .xz, .zst), folders "
-                              "or globs of those, or 'chitchat'")
+                              "or globs of those, 'chitchat', or a Hub dataset, hf://datasets/ORG/NAME[@REVISION][?split=...]")
     prepare.add_argument("--block-size", type=int, required=True, metavar="N", help="tokens per training block")
     prepare.add_argument("--output", required=True, metavar="DIR", help="folder for the prepared dataset")
     prepare.add_argument("--val-fraction", type=float, default=0.1, metavar="F",

@@ -1,7 +1,10 @@
 """A tiny in-memory server speaking the part of the Hugging Face Hub HTTP API that ``huggingface_hub`` uses to
-create a repo, commit files and download them back. A test fixture (127.0.0.1 only), not part of the product.
+create a repo, commit files and download them back, and that ``datasets.load_dataset`` uses to read a dataset
+repository (its info at a revision, the file tree, paths-info, ranged downloads). A test fixture (127.0.0.1 only),
+not part of the product.
 
-Start it with ``HubServer().start()``; point clients at it with ``HF_ENDPOINT=server.url``.
+Start it with ``HubServer().start()``; point clients at it with ``HF_ENDPOINT=server.url`` (set before
+``huggingface_hub`` is imported: it reads the endpoint once). ``add_dataset`` puts a dataset repository in place.
 """
 
 import base64
@@ -9,6 +12,7 @@ import hashlib
 import json
 import re
 import threading
+from urllib.parse import parse_qs, unquote
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -17,6 +21,7 @@ class _Repo:
         self.private = private
         self.files: dict[str, bytes] = {}
         self.commit = "0" * 40
+        self.branches = {"main"}
 
     def commit_files(self, files: dict[str, bytes]) -> str:
         self.files.update(files)
@@ -60,7 +65,16 @@ class HubServer:
 
             def do_POST(self):
                 self._record()
-                path = self.path.split("?")[0]
+                path = unquote(self.path.split("?")[0])
+                if match := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/paths-info/([^/]+)", path):
+                    form = parse_qs(self._body().decode())
+                    if repo := self._dataset(match.group(1), match.group(2)):
+                        wanted = form.get("paths", [])
+                        self._json(200, [self._file_entry(name, repo.files[name]) for name in wanted
+                                         if name in repo.files] +
+                                   [entry for entry in self._entries(repo, "", True)
+                                    if entry["type"] == "directory" and entry["path"] in wanted])
+                    return None
                 if path == "/api/repos/create":
                     request = json.loads(self._body())
                     repo_id = f"{request.get('organization') or 'user'}/{request['name']}"
@@ -112,9 +126,77 @@ class HubServer:
                 self._send(200, content, {"ETag": f'"{etag}"', "X-Repo-Commit": repo.commit,
                                           "Content-Type": "application/octet-stream"}, head)
 
+            def _dataset(self, repo_id: str, revision: str | None, head: bool = False) -> "_Repo | None":
+                """The dataset repository at ``revision`` (a branch or its commit), or None once a 404 is sent."""
+                repo = server.repos.get(f"datasets/{repo_id}")
+                if repo is not None and repo.private and not self.headers.get("Authorization", "").startswith("Bearer "):
+                    repo = None  # as the Hub does, a private repository is not there for a request without a token
+                if repo is None:
+                    self._send(401 if f"datasets/{repo_id}" in server.repos else 404, b"", {"X-Error-Code": "RepoNotFound",
+                                          "X-Error-Message": "Repository not found"}, head)
+                    return None
+                if revision is not None and revision not in (repo.commit, *repo.branches):
+                    self._send(404, b"", {"X-Error-Code": "RevisionNotFound",
+                                          "X-Error-Message": f"Invalid rev id: {revision}"}, head)
+                    return None
+                return repo
+
+            def _entries(self, repo: "_Repo", folder: str, recursive: bool) -> list[dict]:
+                """Tree entries under ``folder`` (files with size and oid, and the folders on the way)."""
+                prefix = f"{folder}/" if folder else ""
+                entries, folders = [], set()
+                for name, content in sorted(repo.files.items()):
+                    if not name.startswith(prefix):
+                        continue
+                    rest = name[len(prefix):].split("/")
+                    for depth in range(1, len(rest) if recursive else min(2, len(rest))):
+                        folders.add(prefix + "/".join(rest[:depth]))
+                    if recursive or len(rest) == 1:
+                        entries.append(self._file_entry(name, content))
+                return [{"type": "directory", "path": f, "oid": hashlib.sha1(f.encode()).hexdigest(), "size": 0}
+                        for f in sorted(folders)] + entries
+
+            @staticmethod
+            def _file_entry(name: str, content: bytes) -> dict:
+                return {"type": "file", "path": name, "size": len(content), "oid": hashlib.sha1(content).hexdigest()}
+
+            def _ranged(self, content: bytes, headers: dict, head: bool):
+                """A file's bytes, or the part a ``Range: bytes=A-B`` header asks for (how parquet is streamed)."""
+                wanted = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
+                if not wanted:
+                    return self._send(200, content, {**headers, "Accept-Ranges": "bytes"}, head)
+                first, last = wanted.groups()
+                if not first:  # the last N bytes
+                    first, last = max(0, len(content) - int(last)), len(content) - 1
+                first, last = int(first), min(int(last) if last else len(content) - 1, len(content) - 1)
+                self._send(206, content[first:last + 1], {**headers, "Accept-Ranges": "bytes",
+                                                          "Content-Range": f"bytes {first}-{last}/{len(content)}"},
+                           head)
+
             def _get(self, head: bool):
                 self._record()
-                path = self.path.split("?")[0]
+                path, _, query = self.path.partition("?")
+                path = unquote(path)
+                if match := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
+                    if repo := self._dataset(match.group(1), match.group(2)):
+                        self._json(200, {"id": match.group(1), "sha": repo.commit, "private": repo.private,
+                                         "siblings": [{"rfilename": name} for name in sorted(repo.files)]})
+                    return None
+                if match := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/([^/]+)/?(.*)", path):
+                    if repo := self._dataset(match.group(1), match.group(2)):
+                        recursive = parse_qs(query).get("recursive", ["false"])[0].lower() == "true"
+                        self._json(200, self._entries(repo, match.group(3).strip("/"), recursive))
+                    return None
+                if match := re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
+                    if (repo := self._dataset(match.group(1), match.group(2), head)) is None:
+                        return None
+                    if match.group(3) not in repo.files:
+                        return self._send(404, b"", {"X-Error-Code": "EntryNotFound",
+                                                     "X-Error-Message": "Entry not found"}, head)
+                    content = repo.files[match.group(3)]
+                    return self._ranged(content, {"ETag": f'"{hashlib.sha1(content).hexdigest()}"',
+                                                  "X-Repo-Commit": repo.commit,
+                                                  "Content-Type": "application/octet-stream"}, head)
                 if match := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/[^/]+)?", path):
                     return self._model_info(match.group(1))
                 if match := re.fullmatch(r"/([^/]+/[^/]+)/resolve/[^/]+/(.+)", path):
@@ -129,6 +211,14 @@ class HubServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def add_dataset(self, repo_id: str, files: dict[str, bytes], private: bool = False,
+                    branches: tuple[str, ...] = ("main",)) -> str:
+        """A dataset repository ``repo_id`` holding ``files`` (path -> content), one commit; returns its sha. Each
+        of ``branches`` names that commit."""
+        repo = self.repos[f"datasets/{repo_id}"] = _Repo(private)
+        repo.branches = set(branches)
+        return repo.commit_files(files)
 
     def start(self) -> "HubServer":
         threading.Thread(target=self._server.serve_forever, daemon=True).start()

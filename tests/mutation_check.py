@@ -121,6 +121,9 @@ MUTATIONS = [
      "                if False:\n", "a cut-short .zst file read as if whole", "tests/test_data.py -k damaged"),
     ("scratchgpt/data/sources.py", "return kind is not None and (compression is not None or kind not in _NOT_IN_FOLDERS)",
      "return kind is not None", "a folder's tokenizer.json read as a corpus", "tests/test_data.py -k folders_leave"),
+    ("scratchgpt/data/hub_datasets.py", "dataset = replace(self, revision=sha)", "dataset = self",
+     "a Hub dataset read at its moving branch, not at the commit recorded",
+     "tests/test_data_hub_datasets.py -k at_its_commit"),
 ]
 
 

@@ -1,7 +1,13 @@
-"""Hub datasets as inputs (``scratchgpt.data.hub_datasets``), read through ``datasets.load_dataset`` from a local
-folder in a Hub dataset repository's layout: the same loader code as for the Hub, without the network."""
+"""Hub datasets as inputs (``scratchgpt.data.hub_datasets``), read through ``datasets.load_dataset``: from a local
+folder in a Hub dataset repository's layout (the loader code of a Hub dataset, without HTTP), and from the Hub
+stand-in of ``tests/hub_server.py`` (``scratchgpt prepare`` in a subprocess, over HTTP as against the Hub: the
+revision resolved to a commit, the file tree listed, parquet streamed by ranged requests, a private dataset read
+with the user's token)."""
 
+import io
 import json
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,7 +20,9 @@ from scratchgpt.hub import _data_words
 from scratchgpt.training.arguments import DataArguments
 from scratchgpt.training.run import hub_datasets_read, public_names
 
+from .hub_server import HubServer
 from .test_data_prepare import prepared_content, tokenizer
+from .testing_utils import hub_client_env
 
 README = """---
 configs:
@@ -162,3 +170,72 @@ def test_the_card_names_the_dataset_its_split_and_commit():
     words = _data_words({"inputs": inputs, "hub_datasets": read[:1]})
     assert words == ("[acme/stories](https://huggingface.co/datasets/acme/stories) (train split, commit 0123456), "
                      "notes.txt")
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+@pytest.fixture
+def hub(hub_folder):
+    """The Hub stand-in holding ``hub_folder``'s files as ``acme/stories`` (public) and ``acme/secret`` (private)."""
+    server = HubServer().start()
+    files = {str(path.relative_to(hub_folder)): path.read_bytes() for path in hub_folder.rglob("*") if path.is_file()}
+    server.add_dataset("acme/stories", files)
+    server.add_dataset("acme/secret", files, private=True)
+    yield server
+    server.stop()
+
+
+def hub_prepare(hub, tmp_path, entry: str, output: str, **env) -> subprocess.CompletedProcess:
+    """``scratchgpt prepare`` of one Hub input, run as a user runs it, against the stand-in."""
+    if not (tmp_path / "tok").is_dir():
+        tokenizer().save_pretrained(tmp_path / "tok")
+    return subprocess.run([sys.executable, "-m", "scratchgpt.cli", "prepare", "--tokenizer", str(tmp_path / "tok"),
+                           "--input", entry, "--block-size", "16", "--output", str(tmp_path / output)],
+                          env=hub_client_env(hub, tmp_path / f"{output}-client", **env), cwd=tmp_path / "elsewhere",
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_prepare_streams_a_dataset_from_the_hub_at_its_commit(hub, hub_folder, tmp_path):
+    """Over HTTP, the same blocks as from the repository's files; the branch is read at its commit throughout."""
+    (tmp_path / "elsewhere").mkdir()  # not the folder holding acme/stories: the name must mean the Hub
+    done = hub_prepare(hub, tmp_path, "hf://datasets/acme/stories", "hub")
+    assert done.returncode == 0, done.stderr[-3000:]
+    sha = hub.repos["datasets/acme/stories"].commit
+    metadata = read_metadata(tmp_path / "hub")
+    assert metadata["sources"] == [{"path": f"hf://datasets/acme/stories@{sha}", "revision": sha, "size": None}]
+    assert metadata["validation_sources"][0]["path"] == f"hf://datasets/acme/stories@{sha}?split=validation"
+    assert metadata["split_method"] == "dataset_split"
+
+    prepare_dataset(tokenizer(), ["hf://datasets/acme/stories"], tmp_path / "folder", block_size=16)
+    hub_metadata, hub_blocks = prepared_content(tmp_path / "hub")
+    assert hub_blocks == prepared_content(tmp_path / "folder")[1]
+    assert hub_metadata["splits"] == read_metadata(tmp_path / "folder")["splits"]
+
+    data_reads = [path for method, path in hub.requests if "/resolve/" in path and ".parquet" in path]
+    assert data_reads and all(f"/resolve/{sha}/" in path for path in data_reads)
+
+
+def test_a_private_dataset_needs_the_users_token(hub, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    refused = hub_prepare(hub, tmp_path, "hf://datasets/acme/secret", "anonymous")
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1] == \
+        "scratchgpt prepare: error: acme/secret: no such dataset on the Hub (or it is private and no token with access was found: hf " \
+        "auth login)"
+    assert not (tmp_path / "anonymous" / "train").exists()
+
+    read = hub_prepare(hub, tmp_path, "hf://datasets/acme/secret", "with_token", HF_TOKEN="hf_secret_reader")
+    assert read.returncode == 0, read.stderr[-3000:]
+    assert hub.tokens_seen == {"hf_secret_reader"}
+    assert read_metadata(tmp_path / "with_token")["splits"]["train"]["blocks"] > 0
+
+
+def test_a_revision_that_is_not_there_is_one_line(hub, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    missing = hub_prepare(hub, tmp_path, "hf://datasets/acme/stories@v9", "out")
+    assert missing.returncode != 0
+    assert missing.stderr.strip().splitlines()[-1] == "scratchgpt prepare: error: acme/stories: no revision 'v9'"

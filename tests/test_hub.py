@@ -17,6 +17,7 @@ from scratchgpt.training.run import main as train
 
 from .hub_server import HubServer
 from .test_training import tiny_run_args
+from .testing_utils import hub_client_env
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "hf_test_token_that_must_never_be_printed"
@@ -36,14 +37,8 @@ def hub():
     server.stop()
 
 
-def client_env(hub, tmp_path, **extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
-    return {**env, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1",
-            "PYTHONPATH": str(REPO), **extra}
-
-
 def test_push_then_load_by_repo_id(trained, hub, tmp_path):
-    env = client_env(hub, tmp_path, HF_TOKEN=TOKEN)
+    env = hub_client_env(hub, tmp_path, HF_TOKEN=TOKEN)
     pushed = subprocess.run([sys.executable, str(REPO / "push_to_hub.py"), str(trained), "me/tiny-chat"],
                             env=env, capture_output=True, text=True, timeout=300)
     assert pushed.returncode == 0, pushed.stderr[-3000:]
@@ -80,7 +75,7 @@ def test_push_then_load_by_repo_id(trained, hub, tmp_path):
     with torch.no_grad():
         expected = original(ids).logits
     for mode in ("with", "without"):
-        loaded = subprocess.run([sys.executable, "-c", check, mode], env=client_env(hub, tmp_path / mode),
+        loaded = subprocess.run([sys.executable, "-c", check, mode], env=hub_client_env(hub, tmp_path / mode),
                                 capture_output=True, text=True, timeout=300, cwd=tmp_path, stdin=subprocess.DEVNULL)
         assert loaded.returncode == 0, loaded.stderr[-3000:]
         torch.testing.assert_close(torch.load(tmp_path / f"logits_{mode}.pt"), expected, atol=0, rtol=0)
@@ -118,7 +113,7 @@ def test_checkpoint_folders_publish_too_and_extras_are_opt_in(trained):
     (["just-a-name"], TOKEN, "include the namespace"),
 ])
 def test_clear_errors(trained, hub, tmp_path, args, env_token, message):
-    env = client_env(hub, tmp_path, **({"HF_TOKEN": env_token} if env_token else {}))
+    env = hub_client_env(hub, tmp_path, **({"HF_TOKEN": env_token} if env_token else {}))
     result = subprocess.run([sys.executable, str(REPO / "push_to_hub.py"), str(trained), *args], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1

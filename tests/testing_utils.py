@@ -33,6 +33,15 @@ SAMPLE_TEXT = (
 ) * 20
 
 
+def hub_client_env(hub, tmp_path, **extra) -> dict:
+    """The environment of a subprocess that talks to the Hub stand-in ``hub`` (tests/hub_server.py): online, no
+    token unless ``extra`` gives ``HF_TOKEN``, its own HF_HOME (no cached files or stored token), this checkout's
+    package."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
+    return {**env, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1",
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **extra}
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now, for a server a test starts."""
     with socket.socket() as probe:
