@@ -218,8 +218,9 @@ def pack_blocks(token_dataset: Dataset, block_size: int, start: int = 0, stop: i
 
 
 def _column(dataset: Dataset, name: str) -> np.ndarray:
-    """One column as numpy, through the dataset's indices mapping (``dataset.data`` would ignore a ``select``)."""
-    return np.asarray(dataset.with_format("numpy")[name])
+    """One column as numpy, through the dataset's indices mapping (``dataset.data`` would ignore a ``select``). As
+    one Arrow slice: ``dataset[name]`` is a lazy column that numpy would read row by row (~100x slower)."""
+    return dataset.select_columns([name]).with_format("arrow")[:][name].to_numpy(zero_copy_only=False)
 
 
 def _validation_documents(documents: Dataset, val_fraction: float, seed: int) -> np.ndarray | None:
