@@ -10,12 +10,17 @@
    alternately with ours, for each ``--num-proc``: the regression check.
 2. With ``--kill-at 0.8``: a full prepare, then one SIGKILLed (its whole process group) once 80% of its shards are
    finished, then the re-run that continues it; the re-run's time as a share of the full prepare's.
-3. Memory under training-style random block access (batches of 8 random blocks, collated to int64) over a token
+3. With ``--hub-mb 200``: ``prepare`` of a dataset streamed from a Hub repository against the same parquet files
+   read locally, alternating: the repository is served over HTTP on 127.0.0.1 by the Hub stand-in of
+   ``tests/hub_server.py`` (the real ``datasets``/``huggingface_hub`` client code: revision, file tree, ranged
+   reads), so what is measured is the streaming client's cost, not a network's. With ``--reference`` the local
+   files are also prepared by that checkout.
+4. Memory under training-style random block access (batches of 8 random blocks, collated to int64) over a token
    dataset of 100 MB and one 10x larger: RSS split into anonymous memory (what the process allocates) and
    file-backed pages (the memory-mapped Arrow file, reclaimable page cache).
 
     python bench/data.py [--text-mb 200] [--repeats 3] [--num-proc 1 2] [--reference CHECKOUT] [--kill-at 0.8]
-                         [--access-mb 100 1000] [--json FILE]
+                         [--hub-mb 200] [--access-mb 100 1000] [--json FILE]
 
 The corpus is the chitchat conversations as plain text, repeated to the requested size; the tokenizer is a
 byte-level BPE of 32,000 ids trained on chitchat. Everything is written under a temporary folder.
@@ -250,6 +255,61 @@ def resume(args, tmp: Path, text_bytes: int) -> dict:
     return result
 
 
+def make_parquet_corpus(folder: Path, megabytes: int, file_mb: int = 50) -> int:
+    """The chitchat conversations as rows of a ``text`` column, repeated to ``megabytes`` of text, in parquet files
+    of about ``file_mb`` each, laid out as a Hub dataset repository (``data/train-*.parquet``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from scratchgpt.data.sources import chitchat_conversations
+
+    documents = ["\n".join(m["content"] for m in conversation) for conversation in chitchat_conversations()]
+    per_copy = sum(len(d.encode("utf-8")) for d in documents)
+    copies = -(-megabytes * 10**6 // per_copy)
+    per_file = max(1, file_mb * 10**6 // per_copy)
+    n_files = -(-copies // per_file)
+    (folder / "data").mkdir(parents=True)
+    for index in range(n_files):
+        rows = documents * min(per_file, copies - index * per_file)
+        pq.write_table(pa.table({"text": rows}), folder / "data" / f"train-{index:05d}-of-{n_files:05d}.parquet")
+    return copies * per_copy
+
+
+def hub_streaming(args, tmp: Path) -> dict:
+    """``prepare`` of the same parquet rows from local files and streamed from the Hub stand-in, alternating."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.hub_server import HubServer
+
+    repo = tmp / "hubrepo"
+    text_bytes = make_parquet_corpus(repo, args.hub_mb)
+    hub = HubServer().start()
+    hub.add_dataset("bench/corpus", {str(f.relative_to(repo)): f.read_bytes() for f in repo.rglob("*.parquet")})
+    online = {k: v for k, v in with_path(None).items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    inputs = {"local": (str(repo / "data" / "*.parquet"), with_path(None)),
+              "hub": ("hf://datasets/bench/corpus", {**online, "HF_ENDPOINT": hub.url,
+                                                     "HF_HOME": str(tmp / "hf_home")})}
+    if args.reference:
+        inputs["local, reference"] = (inputs["local"][0], with_path(args.reference))
+    runs: dict[str, list[dict]] = {}
+    try:
+        for _ in range(args.repeats):
+            for kind, (entry, env) in inputs.items():
+                runs.setdefault(kind, []).append(timed(
+                    [sys.executable, "-c", OURS, str(tmp / "tokenizer"), entry, str(tmp / kind),
+                     str(args.num_proc[0])], env=env))
+                shutil.rmtree(tmp / kind)
+    finally:
+        hub.stop()
+    summary = {kind: summarise(measured, text_bytes) for kind, measured in runs.items()}
+    summary["text_mb"] = text_bytes / 1e6
+    summary["hub_over_local_throughput"] = summary["hub"]["mb_per_s"] / summary["local"]["mb_per_s"]
+    for kind in inputs:
+        figures = summary[kind]
+        print(f"parquet rows -> tokens, {text_bytes / 1e6:.0f} MB, {kind}: {figures['mb_per_s']:.2f} MB/s "
+              f"({figures['seconds']:.0f} s; peak {figures['peak_pss_mb']:.0f} MB)")
+    print(f"Hub streaming / local files throughput: {summary['hub_over_local_throughput']:.3f}")
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text-mb", type=int, default=200, help="size of the text corpus for the throughput run")
@@ -263,6 +323,9 @@ def main() -> None:
                              "done, e.g. 0.8, and time the re-run that continues it against a full prepare")
     parser.add_argument("--no-original", action="store_true",
                         help="measure ours only (the original approach needs ~7 GB and ~20 min per GB of text)")
+    parser.add_argument("--hub-mb", type=int, default=0,
+                        help="also prepare this many MB of parquet rows streamed from a Hub repository (the local "
+                             "stand-in) against the same files read locally")
     parser.add_argument("--access-mb", type=int, nargs="*", default=[100, 1000],
                         help="token dataset sizes for the random-access memory run")
     parser.add_argument("--access-steps", type=int, default=20000)
@@ -279,6 +342,8 @@ def main() -> None:
             if args.kill_at:
                 results["resume"] = resume(args, tmp, text_bytes)
             (tmp / "corpus.txt").unlink()
+        if args.hub_mb:
+            results["hub_streaming"] = hub_streaming(args, tmp)
 
         access = {}
         for megabytes in args.access_mb:
