@@ -127,13 +127,12 @@ class HubServer:
                                           "Content-Type": "application/octet-stream"}, head)
 
             def _dataset(self, repo_id: str, revision: str | None, head: bool = False) -> "_Repo | None":
-                """The dataset repository at ``revision`` (a branch or its commit), or None once a 404 is sent."""
+                """The dataset repository at ``revision`` (a branch or its commit), or None once the error is sent."""
                 repo = server.repos.get(f"datasets/{repo_id}")
-                if repo is not None and repo.private and not self.headers.get("Authorization", "").startswith("Bearer "):
-                    repo = None  # as the Hub does, a private repository is not there for a request without a token
-                if repo is None:
-                    self._send(401 if f"datasets/{repo_id}" in server.repos else 404, b"", {"X-Error-Code": "RepoNotFound",
-                                          "X-Error-Message": "Repository not found"}, head)
+                anonymous = not self.headers.get("Authorization", "").startswith("Bearer ")
+                if repo is None or (repo.private and anonymous):  # as on the Hub: private is not there without a token
+                    self._send(404 if repo is None else 401, b"", {"X-Error-Code": "RepoNotFound",
+                                                                   "X-Error-Message": "Repository not found"}, head)
                     return None
                 if revision is not None and revision not in (repo.commit, *repo.branches):
                     self._send(404, b"", {"X-Error-Code": "RevisionNotFound",

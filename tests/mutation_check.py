@@ -145,7 +145,7 @@ def checkout_copy(folder: Path) -> Path:
 
 def check(copy: Path, mutation: tuple) -> bool:
     """Apply one mutation to the copy, run its tests there, undo it; True when the tests fail."""
-    path, old, new, breaks, tests = mutation
+    path, old, new, _, tests = mutation
     target = copy / path
     source = target.read_text()
     try:

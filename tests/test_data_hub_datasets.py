@@ -223,9 +223,9 @@ def test_a_private_dataset_needs_the_users_token(hub, tmp_path):
     (tmp_path / "elsewhere").mkdir()
     refused = hub_prepare(hub, tmp_path, "hf://datasets/acme/secret", "anonymous")
     assert refused.returncode != 0
-    assert refused.stderr.strip().splitlines()[-1] == \
-        "scratchgpt prepare: error: acme/secret: no such dataset on the Hub (or it is private and no token with access was found: hf " \
-        "auth login)"
+    assert refused.stderr.strip().splitlines()[-1] == ("scratchgpt prepare: error: acme/secret: no such dataset on the "
+                                                       "Hub (or it is private and no token with access was found: hf "
+                                                       "auth login)")
     assert not (tmp_path / "anonymous" / "train").exists()
 
     read = hub_prepare(hub, tmp_path, "hf://datasets/acme/secret", "with_token", HF_TOKEN="hf_secret_reader")
