@@ -259,7 +259,8 @@ def test_an_adapter_publishes_naming_its_base_and_loads_from_the_hub(tmp_path, b
     from scratchgpt.hub import push_folder
 
     from .hub_server import HubServer
-    from .test_hub import REPO, TOKEN, client_env
+    from .test_hub import REPO, TOKEN
+    from .testing_utils import hub_client_env
 
     train(lora_args(tmp_path, base, max_steps=2, save_steps=100, eval_steps=100))
     adapter = tmp_path / "run" / "adapter"
@@ -272,7 +273,7 @@ def test_an_adapter_publishes_naming_its_base_and_loads_from_the_hub(tmp_path, b
 
     hub = HubServer().start()
     try:
-        env = client_env(hub, tmp_path, HF_TOKEN=TOKEN)
+        env = hub_client_env(hub, tmp_path, HF_TOKEN=TOKEN)
         for folder, repo, extra in ((base, "me/base", []), (adapter, "me/chat-lora", ["--base-model", "me/base"])):
             pushed = subprocess.run([sys.executable, str(REPO / "push_to_hub.py"), str(folder), repo, *extra],
                                     env=env, capture_output=True, text=True, timeout=300)
@@ -293,7 +294,7 @@ def test_an_adapter_publishes_naming_its_base_and_loads_from_the_hub(tmp_path, b
             torch.testing.assert_close(model(expected["ids"]).logits, expected["logits"], atol=0, rtol=0)
             print("adapter-from-hub-ok")
         """)
-        loaded = subprocess.run([sys.executable, "-c", script], env=client_env(hub, tmp_path / "client"),
+        loaded = subprocess.run([sys.executable, "-c", script], env=hub_client_env(hub, tmp_path / "client"),
                                 capture_output=True, text=True, timeout=300, cwd=tmp_path, stdin=subprocess.DEVNULL)
         assert loaded.returncode == 0, loaded.stderr[-3000:]
         assert "adapter-from-hub-ok" in loaded.stdout

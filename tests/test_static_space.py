@@ -21,8 +21,8 @@ from scratchgpt.tokenization import generation_eos_token_ids
 
 from .hub_server import HubServer
 from .test_demo import browser, shown, wait_for
-from .test_hub import REPO, TOKEN, client_env
-from .testing_utils import TRANSFORMERS_JS, tiny_config, tiny_tokenizer
+from .test_hub import REPO, TOKEN
+from .testing_utils import TRANSFORMERS_JS, hub_client_env, tiny_config, tiny_tokenizer
 
 
 def test_the_space_is_static_and_names_its_model():
@@ -116,7 +116,7 @@ def test_push_to_hub_publishes_the_export_and_its_static_space(tmp_path):
                       tokenizer)
     hub = HubServer().start()
     try:
-        env = client_env(hub, tmp_path, HF_TOKEN=TOKEN)
+        env = hub_client_env(hub, tmp_path, HF_TOKEN=TOKEN)
         refused = subprocess.run([sys.executable, str(REPO / "push_to_hub.py"), str(tmp_path / "model"), "me/web",
                                   "--static-space", "me/web-space"], env=env, capture_output=True, text=True,
                                  timeout=120)
