@@ -239,3 +239,16 @@ def test_a_revision_that_is_not_there_is_one_line(hub, tmp_path):
     missing = hub_prepare(hub, tmp_path, "hf://datasets/acme/stories@v9", "out")
     assert missing.returncode != 0
     assert missing.stderr.strip().splitlines()[-1] == "scratchgpt prepare: error: acme/stories: no revision 'v9'"
+
+
+def test_a_tokenizer_trains_on_a_dataset_from_the_hub(hub, tmp_path):
+    """``scratchgpt tokenizer train`` takes the same input, counted first (a Hub dataset's size is not known)."""
+    (tmp_path / "elsewhere").mkdir()
+    trained = subprocess.run([sys.executable, "-m", "scratchgpt.cli", "tokenizer", "train", "--input",
+                              "hf://datasets/acme/stories", "--vocab-size", "300", "--train-bytes", "1000", "--output",
+                              str(tmp_path / "tok")], env=hub_client_env(hub, tmp_path / "client"),
+                             cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    report = json.loads((tmp_path / "tok" / "tokenizer_sample.json").read_text())
+    assert report["corpus_bytes"] == sum(len(story.encode()) for story in STORIES)
+    assert 0 < report["sampled_bytes"] <= 1000
