@@ -278,15 +278,14 @@ def hub_streaming(args, tmp: Path) -> dict:
     """``prepare`` of the same parquet rows from local files and streamed from the Hub stand-in, alternating."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.hub_server import HubServer
+    from tests.testing_utils import hub_client_env
 
     repo = tmp / "hubrepo"
     text_bytes = make_parquet_corpus(repo, args.hub_mb)
     hub = HubServer().start()
     hub.add_dataset("bench/corpus", {str(f.relative_to(repo)): f.read_bytes() for f in repo.rglob("*.parquet")})
-    online = {k: v for k, v in with_path(None).items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     inputs = {"local": (str(repo / "data" / "*.parquet"), with_path(None)),
-              "hub": ("hf://datasets/bench/corpus", {**online, "HF_ENDPOINT": hub.url,
-                                                     "HF_HOME": str(tmp / "hf_home")})}
+              "hub": ("hf://datasets/bench/corpus", hub_client_env(hub, tmp))}
     if args.reference:
         inputs["local, reference"] = (inputs["local"][0], with_path(args.reference))
     runs: dict[str, list[dict]] = {}

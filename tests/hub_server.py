@@ -211,12 +211,10 @@ class HubServer:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def add_dataset(self, repo_id: str, files: dict[str, bytes], private: bool = False,
-                    branches: tuple[str, ...] = ("main",)) -> str:
-        """A dataset repository ``repo_id`` holding ``files`` (path -> content), one commit; returns its sha. Each
-        of ``branches`` names that commit."""
+    def add_dataset(self, repo_id: str, files: dict[str, bytes], private: bool = False) -> str:
+        """A dataset repository ``repo_id`` holding ``files`` (path -> content), one commit on ``main``; returns
+        its sha."""
         repo = self.repos[f"datasets/{repo_id}"] = _Repo(private)
-        repo.branches = set(branches)
         return repo.commit_files(files)
 
     def start(self) -> "HubServer":

@@ -4,7 +4,6 @@ stand-in of ``tests/hub_server.py`` (``scratchgpt prepare`` in a subprocess, ove
 revision resolved to a commit, the file tree listed, parquet streamed by ranged requests, a private dataset read
 with the user's token)."""
 
-import io
 import json
 import subprocess
 import sys
@@ -172,15 +171,12 @@ def test_the_card_names_the_dataset_its_split_and_commit():
                      "notes.txt")
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
-
-
 @pytest.fixture
-def hub(hub_folder):
-    """The Hub stand-in holding ``hub_folder``'s files as ``acme/stories`` (public) and ``acme/secret`` (private)."""
+def hub(hub_folder, tmp_path):
+    """The Hub stand-in holding ``hub_folder``'s files as ``acme/stories`` (public) and ``acme/secret`` (private).
+    Clients run in ``tmp_path/elsewhere``, not the folder holding acme/stories: there the name can only mean the
+    Hub."""
+    (tmp_path / "elsewhere").mkdir()
     server = HubServer().start()
     files = {str(path.relative_to(hub_folder)): path.read_bytes() for path in hub_folder.rglob("*") if path.is_file()}
     server.add_dataset("acme/stories", files)
@@ -201,7 +197,6 @@ def hub_prepare(hub, tmp_path, entry: str, output: str, **env) -> subprocess.Com
 
 def test_prepare_streams_a_dataset_from_the_hub_at_its_commit(hub, hub_folder, tmp_path):
     """Over HTTP, the same blocks as from the repository's files; the branch is read at its commit throughout."""
-    (tmp_path / "elsewhere").mkdir()  # not the folder holding acme/stories: the name must mean the Hub
     done = hub_prepare(hub, tmp_path, "hf://datasets/acme/stories", "hub")
     assert done.returncode == 0, done.stderr[-3000:]
     sha = hub.repos["datasets/acme/stories"].commit
@@ -220,7 +215,6 @@ def test_prepare_streams_a_dataset_from_the_hub_at_its_commit(hub, hub_folder, t
 
 
 def test_a_private_dataset_needs_the_users_token(hub, tmp_path):
-    (tmp_path / "elsewhere").mkdir()
     refused = hub_prepare(hub, tmp_path, "hf://datasets/acme/secret", "anonymous")
     assert refused.returncode != 0
     assert refused.stderr.strip().splitlines()[-1] == ("scratchgpt prepare: error: acme/secret: no such dataset on the "
@@ -235,7 +229,6 @@ def test_a_private_dataset_needs_the_users_token(hub, tmp_path):
 
 
 def test_a_revision_that_is_not_there_is_one_line(hub, tmp_path):
-    (tmp_path / "elsewhere").mkdir()
     missing = hub_prepare(hub, tmp_path, "hf://datasets/acme/stories@v9", "out")
     assert missing.returncode != 0
     assert missing.stderr.strip().splitlines()[-1] == "scratchgpt prepare: error: acme/stories: no revision 'v9'"
@@ -243,7 +236,6 @@ def test_a_revision_that_is_not_there_is_one_line(hub, tmp_path):
 
 def test_a_tokenizer_trains_on_a_dataset_from_the_hub(hub, tmp_path):
     """``scratchgpt tokenizer train`` takes the same input, counted first (a Hub dataset's size is not known)."""
-    (tmp_path / "elsewhere").mkdir()
     trained = subprocess.run([sys.executable, "-m", "scratchgpt.cli", "tokenizer", "train", "--input",
                               "hf://datasets/acme/stories", "--vocab-size", "300", "--train-bytes", "1000", "--output",
                               str(tmp_path / "tok")], env=hub_client_env(hub, tmp_path / "client"),
