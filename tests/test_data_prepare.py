@@ -217,12 +217,12 @@ def test_changes_rebuild(tmp_path, change):
 
 def test_interrupted_run_keeps_only_its_finished_shards_and_the_old_output(tmp_path, monkeypatch):
     path = write_text(tmp_path / "a.txt", documents())
+    original = prepare_module.pack_blocks
 
-    def interrupted(token_dataset, block_size, start=0, stop=None, keep=None):
-        yield {"input_ids": np.zeros(block_size, dtype=np.uint16)}
+    def interrupted(*args, **kwargs):
+        yield next(original(*args, **kwargs))
         raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of packing
 
-    original = prepare_module.pack_blocks
     monkeypatch.setattr(prepare_module, "pack_blocks", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_paragraphs(tokenizer(), [path], tmp_path / "out", block_size=16, val_fraction=0)
@@ -448,12 +448,14 @@ def test_data_prepared_by_an_older_format_is_rebuilt(tmp_path):
 def test_pack_blocks_keeps_every_full_block(n_tokens):
     from datasets import Dataset
 
+    def blocks(**window):
+        tables = prepare_module.pack_blocks(tokens, 16, **window)
+        return [block for table in tables for block in table.column("input_ids").to_pylist()]
+
     tokens = Dataset.from_dict({"input_ids": [list(range(n_tokens))]})
-    blocks = [row["input_ids"] for row in prepare_module.pack_blocks(tokens, 16)]
-    assert len(blocks) == n_tokens // 16  # an exact multiple keeps its last block
-    assert np.array_equal(np.concatenate(blocks), np.arange(n_tokens // 16 * 16))
-    window = [row["input_ids"] for row in prepare_module.pack_blocks(tokens, 16, start=3, stop=3 + 32)]
-    assert np.array_equal(np.concatenate(window), np.arange(3, 35))
+    assert len(blocks()) == n_tokens // 16  # an exact multiple keeps its last block
+    assert np.array_equal(np.concatenate(blocks()), np.arange(n_tokens // 16 * 16))
+    assert np.array_equal(np.concatenate(blocks(start=3, stop=3 + 32)), np.arange(3, 35))
 
 
 # --- assistant-only loss ----------------------------------------------------------------------------------------------

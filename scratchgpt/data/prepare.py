@@ -37,6 +37,7 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -183,10 +184,11 @@ def encode_documents(tokenizer: PreTrainedTokenizerBase, documents) -> list[int]
 
 
 def pack_blocks(token_dataset: Dataset, block_size: int, start: int = 0, stop: int | None = None,
-                keep: np.ndarray | None = None):
-    """Yield ``{"input_ids": block}`` for consecutive ``block_size`` slices of the concatenated token stream between
-    token positions ``start`` and ``stop`` (default: its end); only a final partial block is dropped. Reads the
-    memory-mapped tokens batch by batch (bounded memory). ``keep`` (one bool per record) leaves out the records
+                keep: np.ndarray | None = None) -> Iterator[pa.Table]:
+    """Yield Arrow tables of consecutive ``block_size`` slices of the concatenated token stream between token
+    positions ``start`` and ``stop`` (default: its end), as fixed-size list columns; only a final partial block is
+    dropped. Reads the memory-mapped tokens batch by batch (bounded memory) and cuts each batch with numpy, one
+    table per batch rather than one Python object per block. ``keep`` (one bool per record) leaves out the records
     where it is False (the other split's documents) before the stream is formed. An ``assistant_masks`` column is
     cut the same way, and then a block without any assistant token is left out."""
     columns = [name for name in ("input_ids", "assistant_masks") if name in token_dataset.column_names]
@@ -207,11 +209,14 @@ def pack_blocks(token_dataset: Dataset, block_size: int, start: int = 0, stop: i
             flat = flat[:, : max(0, stop - position)]
         n_blocks = flat.shape[1] // block_size
         blocks = flat[:, : n_blocks * block_size].reshape(len(columns), n_blocks, block_size)
-        for i in range(n_blocks):
-            if len(columns) > 1 and not blocks[1, i].any():
-                continue  # no assistant token: nothing to learn, and a batch of such blocks has a loss of 0/0
-            yield {name: blocks[c, i] if name == "input_ids" else blocks[c, i].astype(bool)
-                   for c, name in enumerate(columns)}
+        if len(columns) > 1:
+            # no assistant token: nothing to learn, and a batch of such blocks has a loss of 0/0
+            blocks = blocks[:, blocks[1].any(axis=1)]
+        if blocks.shape[1]:
+            yield pa.table({name: pa.FixedSizeListArray.from_arrays(
+                                pa.array(blocks[c].ravel() if name == "input_ids" else blocks[c].ravel() != 0),
+                                block_size)
+                            for c, name in enumerate(columns)})
         carry, position = flat[:, n_blocks * block_size:], position + n_blocks * block_size
         if stop is not None and position + block_size > stop:
             return
@@ -427,8 +432,8 @@ def _tail_spans(token_ids: Dataset, n_tokens: int, n_documents: int, block_size:
             ("validation", token_ids, None, validation_start, n_tokens, 0)]
 
 
-def _pack_splits(spans: list[tuple], block_size: int, dtype: str, assistant_only_loss: bool, cache: str,
-                 fingerprint: str) -> tuple[dict[str, Dataset], dict[str, dict]]:
+def _pack_splits(spans: list[tuple], block_size: int, dtype: str, assistant_only_loss: bool,
+                 cache: Path) -> tuple[dict[str, Dataset], dict[str, dict]]:
     """The blocks of each split (Arrow files in ``cache``) and its counts for the metadata."""
     block_features = {"input_ids": List(Value(dtype), length=block_size)}
     if assistant_only_loss:
@@ -442,12 +447,12 @@ def _pack_splits(spans: list[tuple], block_size: int, dtype: str, assistant_only
         if assistant_only_loss and not _any_assistant_token(token_ids, keep):
             raise ValueError(f"no block of the {name} split holds an assistant token: check that the conversations "
                              f"have assistant turns")
-        with _no_bar():
-            splits[name] = Dataset.from_generator(
-                pack_blocks, features=Features(block_features), cache_dir=cache,
-                fingerprint=f"{fingerprint[:32]}-{name}",
-                gen_kwargs={"token_dataset": token_ids, "block_size": block_size, "start": start, "stop": stop,
-                            "keep": keep})
+        path = str(cache / f"{name}.arrow")
+        with ArrowWriter(features=Features(block_features), path=path) as writer:
+            for table in pack_blocks(token_ids, block_size, start, stop, keep):
+                writer.write_table(table)
+            writer.finalize()
+        splits[name] = Dataset.from_file(path)
         counts[name] = {"documents": n_documents, "tokens": stop - start, "blocks": n_blocks,
                         "tokens_dropped": stop - start - n_blocks * block_size}
         if assistant_only_loss:
@@ -552,8 +557,8 @@ def prepare_dataset(
             if method == "tail":
                 spans = _tail_spans(train, spans[0][4], spans[0][5], block_size, val_fraction)
             with staged_output(output, overwrite=existing is not None) as staging:
-                splits, counts = _pack_splits(spans, block_size, dtype, assistant_only_loss, str(staging / "cache"),
-                                              fingerprint)
+                (staging / "cache").mkdir()
+                splits, counts = _pack_splits(spans, block_size, dtype, assistant_only_loss, staging / "cache")
                 with _no_bar():
                     DatasetDict(splits).save_to_disk(str(staging))
                 shutil.rmtree(staging / "cache")
