@@ -195,6 +195,30 @@ def test_compressed_inputs_read_exactly_as_the_plain_files(tmp_path, suffix, mon
         assert pieces == list(iter_document_pieces(plain, mode)) and len(pieces) > 10, mode
 
 
+RESUMABLE = {"a.txt": (PLAY * 4 + ONE_LINE + "\n" + PLAY.replace("<|endoftext|>", "<|endoftext|>\n") * 4).encode(),
+             "b.jsonl": "".join(f"{json.dumps(record)}\n\n" for record in [{"text": PLAY}, CHAT] * 5).encode()}
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz", ".zst"])
+@pytest.mark.parametrize("mode", ["file", "paragraph", "separator"])
+def test_reading_from_any_resume_point_yields_the_rest_exactly(tmp_path, monkeypatch, suffix, mode):
+    monkeypatch.setattr(sources, "PIECE_CHARS", 40)  # long documents in pieces, long lines in parts
+    for name, data in RESUMABLE.items():
+        path = write_into(tmp_path / (name + suffix), compress(data, suffix) if suffix else data)
+        pieces = list(sources.document_pieces(path, mode))
+        points = [i for i, (_, _, point) in enumerate(pieces) if point is not None]
+        assert len(points) > 5 and (len(points) < len(pieces) or name == "b.jsonl"), name  # long-line parts: none
+        for i in points:
+            assert list(sources.document_pieces(path, mode, resume_at=pieces[i][2])) == pieces[i:], (name, i)
+
+
+def test_resume_points_are_refused_for_formats_read_whole(tmp_path):
+    path = write(tmp_path / "a.csv", "text\nhello\n")
+    assert [point for _, _, point in sources.document_pieces(path)] == [None]
+    with pytest.raises(ValueError, match="a.csv: only .txt and .jsonl inputs are read from a resume point"):
+        list(sources.document_pieces(path, resume_at=[5, 2, False]))
+
+
 def write_into(path, content: bytes):
     path.parent.mkdir(parents=True, exist_ok=True)
     return write(path, content)

@@ -588,6 +588,49 @@ def test_many_small_shards_give_the_same_dataset_as_one(tmp_path, case):
     assert not (tmp_path / ".sharded.partial").exists()
 
 
+@pytest.mark.parametrize("case", ["documents", "cleaned", "tail", "validation files", "assistant only",
+                                  "compressed", "long lines"])
+def test_a_prepare_stopped_between_shards_continues_to_the_same_dataset(tmp_path, monkeypatch, case):
+    import gzip
+
+    from scratchgpt.data import shards, sources
+
+    cases = corpus_cases(tmp_path)
+    cases["compressed"] = ([str(tmp_path / "many.txt.gz")], {"text_documents": "paragraph"})
+    Path(cases["compressed"][0][0]).write_bytes(gzip.compress(Path(cases["documents"][0][0]).read_bytes()))
+    lines = tmp_path / "lines.txt"  # lines of ~700 characters, in parts of ~40 that no resume point starts at
+    lines.write_text("".join(f"{i} {SAMPLE_TEXT.replace(chr(10), ' ')[:700]}\n" for i in range(40)), encoding="utf-8")
+    cases["long lines"] = ([str(lines)], {})
+    if case == "long lines":
+        monkeypatch.setattr(sources, "PIECE_CHARS", 40)
+    inputs, settings = cases[case]
+    prepare_dataset(tokenizer(), inputs, tmp_path / "whole", block_size=16, **settings)
+
+    add, added = shards.ShardFolder.add, []
+
+    def stopped_after_three(self, *args, **kwargs):
+        add(self, *args, **kwargs)
+        added.append(1)
+        if len(added) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(shards.ShardFolder, "add", stopped_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(tokenizer(), inputs, tmp_path / "out", block_size=16, shard_bytes=500, **settings)
+    monkeypatch.setattr(shards.ShardFolder, "add", add)
+    pieces, resumed_at = prepare_module.document_pieces, []
+
+    def spied(path, *args, resume_at=None):
+        resumed_at.append(resume_at)
+        return pieces(path, *args, resume_at=resume_at)
+
+    monkeypatch.setattr(prepare_module, "document_pieces", spied)
+    prepare_dataset(tokenizer(), inputs, tmp_path / "out", block_size=16, shard_bytes=500, **settings)
+    # sought into the file, not read again from its start; but for one line without a line break (the tail case)
+    assert resumed_at[0] is not None and (resumed_at[0][0] > 0) == (case != "tail"), resumed_at[0]
+    assert prepared_content(tmp_path / "out") == prepared_content(tmp_path / "whole")
+
+
 PREPARE_UNTIL_KILLED = """
 import sys, time
 from transformers import AutoTokenizer

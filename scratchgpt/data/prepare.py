@@ -57,7 +57,7 @@ from ..tokenization import encode_chats
 from .cleaning import clean_documents
 from .shards import SHARD_BYTES, ShardFolder, work_folder
 from .sources import (CHITCHAT, DEFAULT_SEPARATOR, check_text_options, dataset_validation_inputs, describe_inputs,
-                      input_format, iter_document_pieces, resolve_inputs)
+                      document_pieces, input_format, iter_document_pieces, resolve_inputs)
 
 
 __all__ = [
@@ -101,21 +101,28 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
 
 
-def _document_records(files: list[str], text_documents: str, document_separator: str, start: list[int]):
+def _document_records(files: list[str], text_documents: str, document_separator: str, start: list):
     """``(record, position after it)`` for every record of ``files`` from ``start``. A position is ``[file index,
-    records read of that file, document index, piece index]`` of the next record: what a shard's manifest entry
-    keeps, so a resumed job skips the files already done unread and reads past the records done of the next."""
-    first_file, skip, document, piece = start
+    records read of that file, document index, piece index, resume]`` of the next record, where resume is the last
+    resume point of that file's records before it (``document_pieces``) with the record's number, or None: what a
+    shard's manifest entry keeps, so a resumed job skips the files already done unread, seeks in the next to the
+    last point before the records done and reads past those after it (usually none, or one)."""
+    first_file, skip, document, piece, *resume = start  # a position of four: written before resume points
+    resume = resume[0] if resume else None
     for index in range(first_file, len(files)):
-        pieces = iter_document_pieces([files[index]], text_documents, document_separator)
-        for n, (content, ends_document) in enumerate(pieces):
+        point, n = (resume[:-1], resume[-1]) if index == first_file and resume else (None, 0)
+        last_point = resume if point else None
+        pieces = document_pieces(files[index], text_documents, document_separator, resume_at=point)
+        for n, (content, ends_document, here) in enumerate(pieces, start=n):
+            if here is not None:
+                last_point = [*here, n]
             if index == first_file and n < skip:
                 continue
             text, messages = (content, None) if isinstance(content, str) else (None, content)
             record = {"text": text, "messages": messages, "document": document, "piece": piece,
                       "ends_document": ends_document}
             document, piece = (document + 1, 0) if ends_document else (document, piece + 1)
-            yield record, [index, n + 1, document, piece]
+            yield record, [index, n + 1, document, piece, last_point]
 
 
 def _record_bytes(record: dict) -> int:
@@ -358,7 +365,7 @@ def _tokenized_shards(work: ShardFolder, split: str, files: list[str], tokenizer
     features = Features({**token_features, "document": Value("int64"), "ends_document": Value("bool"),
                          **({"digest": Value("binary")} if seen is not None else {})})
     stream = _document_records(files, text_documents, document_separator, entries[-1]["next"] if entries else
-                               [0, 0, 0, 0])
+                               [0, 0, 0, 0, None])
     expected = max(_expected_shards(files, shard_bytes), len(entries) + (not work.complete(split)))
     with tqdm(total=expected, initial=len(entries), unit="shard",
               desc="Tokenizing inputs" if split == "train" else "Tokenizing validation inputs",

@@ -66,6 +66,7 @@ __all__ = [
     "is_hub_input",
     "iter_documents",
     "iter_document_pieces",
+    "document_pieces",
     "iter_texts",
     "chitchat_conversations",
     "SAMPLE_REPORT",
@@ -246,15 +247,34 @@ def _read(path: str, handle, size: int, whole_lines: bool = True) -> bytes:
         raise ValueError(f"{path}: not a readable {compression} file ({error}); is it damaged or cut short?") from None
 
 
-def _lines(path: str, cut_long_lines: bool = False, separator: str | None = None) -> Iterator[tuple[int, str]]:
-    """(line number, text) pairs of a UTF-8 file, each line with its line end exactly as written. With
-    ``cut_long_lines`` (plain text; a JSON line must stay whole), a line longer than ``PIECE_CHARS`` comes in several
-    parts (same line number), cut by ``_mid_line_cut`` (at the latest after ``_HARD_CUT_CHARS`` characters), so a
-    file that is one 10 GB line is read in bounded memory. Decoding is incremental, so invalid UTF-8 is reported
-    with its exact line and byte column."""
+def _skip_bytes(path: str, handle, size: int) -> None:
+    """Move ``handle`` ``size`` bytes on from the file's start: a seek where the stream has one (a plain file; the
+    gzip, bz2 and lzma readers decompress up to it), else by reading (Zstandard)."""
+    if handle.seekable():
+        handle.seek(size)
+        return
+    while size > 0:
+        chunk = _read(path, handle, min(size, 2**20), whole_lines=False)
+        if not chunk:
+            return
+        size -= len(chunk)
+
+
+def _lines(path: str, cut_long_lines: bool = False, separator: str | None = None,
+           start: tuple[int, int] = (0, 1)) -> Iterator[tuple[int, str, int | None]]:
+    """(line number, text, where the line starts) triples of a UTF-8 file, each line with its line end exactly as
+    written. With ``cut_long_lines`` (plain text; a JSON line must stay whole), a line longer than ``PIECE_CHARS``
+    comes in several parts (same line number), cut by ``_mid_line_cut`` (at the latest after ``_HARD_CUT_CHARS``
+    characters), so a file that is one 10 GB line is read in bounded memory; where the line starts is its byte
+    offset in the (decompressed) file for a text that begins a line, None for a later part. ``start`` (such an
+    offset and its line number) reads from there on. Decoding is incremental, so invalid UTF-8 is reported with its
+    exact line and byte column."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    line_number, offset, pending = 1, 0, ""  # offset: bytes of this line read so far
+    line_start, line_number = start
+    offset, pending, whole = 0, "", True  # offset: bytes of this line read so far; whole: none of it yielded yet
     with _open(path) as handle:
+        if line_start:
+            _skip_bytes(path, handle, line_start)
         while True:
             raw = _read(path, handle, PIECE_CHARS)
             held_back = len(decoder.getstate()[0])  # bytes of a character cut by the previous read
@@ -267,10 +287,10 @@ def _lines(path: str, cut_long_lines: bool = False, separator: str | None = None
             offset += len(raw)
             if not raw or raw.endswith(b"\n"):
                 if pending:
-                    yield line_number, pending
+                    yield line_number, pending, line_start if whole else None
                 if not raw:
                     return
-                line_number, offset, pending = line_number + 1, 0, ""
+                line_number, line_start, offset, pending, whole = line_number + 1, line_start + offset, 0, "", True
                 continue
             if cut_long_lines and len(pending) > PIECE_CHARS:
                 cut = _mid_line_cut(pending, separator)
@@ -280,8 +300,8 @@ def _lines(path: str, cut_long_lines: bool = False, separator: str | None = None
                                    f"{len(pending):,}")
                     cut = len(pending) - 1
                 if cut:
-                    yield line_number, pending[:cut]
-                    pending = pending[cut:]
+                    yield line_number, pending[:cut], line_start if whole else None
+                    pending, whole = pending[cut:], False
 
 
 # A text segment, and what follows it: None (the document goes on), _END (the document ends) or _END_TRIM (the
@@ -289,35 +309,39 @@ def _lines(path: str, cut_long_lines: bool = False, separator: str | None = None
 _END, _END_TRIM = "end", "end-trim"
 
 
-def _text_segments(path: str, text_documents: str, separator: str) -> Iterator[tuple[str, str | None]]:
-    lines = (line for _, line in _lines(path, True, separator if text_documents == "separator" else None))
+def _text_segments(path: str, text_documents: str, separator: str,
+                   start: tuple[int, int] = (0, 1)) -> Iterator[tuple[str, str | None, tuple[int, int] | None]]:
+    """``(text, what follows it, where)`` for the segments of a text file: ``where`` is ``(byte offset, line
+    number)`` of a segment that begins a line, from which reading again (``start``) yields it first, in the same
+    state: no mode carries anything from one line to the next into a segment that begins one."""
+    lines = _lines(path, True, separator if text_documents == "separator" else None, start)
     if text_documents == "file":
-        yield from ((line, None) for line in lines)
-        yield "", _END
+        yield from ((line, None, None if begins is None else (begins, number)) for number, line, begins in lines)
+        yield "", _END, None
     elif text_documents == "paragraph":
         in_paragraph = False
-        for line in lines:
+        for number, line, begins in lines:
             if line.strip():
                 in_paragraph = True
-                yield line, None
+                yield line, None, None if begins is None else (begins, number)
             elif in_paragraph:
                 in_paragraph = False
-                yield "", _END_TRIM
+                yield "", _END_TRIM, None
         if in_paragraph:
-            yield "", _END_TRIM
+            yield "", _END_TRIM, None
     else:
         drop_line_break = False  # set after a separator: one line break right after it belongs to it
-        for line in lines:
+        for number, line, begins in lines:
             for i, part in enumerate(line.split(separator)):
                 if i > 0:  # a separator stood before this part: the document before it ends there
-                    yield "", _END_TRIM
+                    yield "", _END_TRIM, None
                     drop_line_break = True
-                if drop_line_break and part:
+                if drop_line_break and part:  # a line break can only open a line that is nothing else
                     part = part[2:] if part.startswith("\r\n") else part.removeprefix("\n")
                     drop_line_break = False
                 if part:
-                    yield part, None
-        yield "", _END
+                    yield part, None, None if i > 0 or begins is None else (begins, number)
+        yield "", _END, None
 
 
 def _safe_cut(before: str, after: str) -> bool:
@@ -332,14 +356,19 @@ def _safe_cut(before: str, after: str) -> bool:
     return between_lines or inside_a_line
 
 
-def _text_pieces(path: str, text_documents: str, separator: str) -> Iterator[tuple[str, bool]]:
+def _text_pieces(path: str, text_documents: str, separator: str,
+                 resume_at: list | None = None) -> Iterator[tuple[str, bool, list | None]]:
+    """``(piece, ends_document, resume point)`` for a text file; see ``document_pieces``."""
+    begins, line_number, continued = resume_at or (0, 1, False)
     buffer: list[str] = []
-    size, continued = 0, False
-    for text, end in _text_segments(path, text_documents, separator):
+    size, first = 0, None  # first: the resume point of the piece in the buffer
+    for text, end, where in _text_segments(path, text_documents, separator, (begins, line_number)):
         if text:
             if size >= PIECE_CHARS and (_safe_cut(buffer[-1], text) or size >= _HARD_CUT_CHARS):
-                yield "".join(buffer), False
+                yield "".join(buffer), False, first
                 buffer, size, continued = [], 0, True
+            if not buffer:
+                first = None if where is None else [*where, continued]
             buffer.append(text)
             size += len(text)
         if end is not None:
@@ -347,12 +376,14 @@ def _text_pieces(path: str, text_documents: str, separator: str) -> Iterator[tup
             if end == _END_TRIM:
                 document = document[:-2] if document.endswith("\r\n") else document.removesuffix("\n")
             if document or continued:
-                yield document, True
+                yield document, True, first if buffer else None
             buffer, size, continued = [], 0, False
 
 
-def _jsonl_documents(path: str) -> Iterator[Document]:
-    for line_number, line in _lines(path):
+def _jsonl_records(path: str, resume_at: list | None = None) -> Iterator[tuple[Document, bool, list]]:
+    """``(document, True, resume point)`` for each line of a JSON lines file; see ``document_pieces``."""
+    begins, line_number, _ = resume_at or (0, 1, False)
+    for line_number, line, begins in _lines(path, start=(begins, line_number)):
         if not line.strip():
             continue
         where = f"{path}:{line_number}"
@@ -362,7 +393,11 @@ def _jsonl_documents(path: str) -> Iterator[Document]:
             raise ValueError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
         except RecursionError:
             raise ValueError(f"{where}: JSON nested too deeply to read") from None
-        yield record_document(record, where)
+        yield record_document(record, where), True, [begins, line_number, False]
+
+
+def _jsonl_documents(path: str) -> Iterator[Document]:
+    return (document for document, _, _ in _jsonl_records(path))
 
 
 # A JSON array is read in chunks of this many bytes; one element may be this large, past which the file is taken to
@@ -457,7 +492,7 @@ def _csv_documents(path: str) -> Iterator[Document]:
     """A ``.csv`` file's ``text`` column, one document per row (the csv module, over our line reader: line numbers
     and UTF-8 errors as for every other input)."""
     csv.field_size_limit(2**31 - 1)  # a document may be longer than the module's default of 131,072 characters
-    reader = csv.reader((line for _, line in _lines(path)), strict=True)  # malformed quoting is an error, not a guess
+    reader = csv.reader((line for _, line, _ in _lines(path)), strict=True)  # malformed quoting is an error, not a guess
     try:
         header = next(reader, None)
         if header is None:
@@ -549,15 +584,29 @@ def iter_document_pieces(paths: Iterable[str], text_documents: str = "file",
     Inputs are checked up front (see ``resolve_inputs``)."""
     check_text_options(text_documents, document_separator)
     for path in resolve_inputs(paths):
-        kind = None if path == CHITCHAT or is_hub_input(path) else input_format(path)[0]
-        if path == CHITCHAT:
-            yield from ((conversation, True) for conversation in chitchat_conversations())
-        elif is_hub_input(path):
-            yield from ((document, True) for document in HubDataset.parse(path).documents())
-        elif kind in _RECORD_READERS:
-            yield from ((document, True) for document in _RECORD_READERS[kind](path))
-        else:
-            yield from _text_pieces(path, text_documents, document_separator)
+        yield from ((piece, ends) for piece, ends, _ in document_pieces(path, text_documents, document_separator))
+
+
+def document_pieces(path: str, text_documents: str = "file", document_separator: str = DEFAULT_SEPARATOR,
+                    resume_at: list | None = None) -> Iterator[tuple[Document, bool, list | None]]:
+    """The pieces of one resolved input as ``iter_document_pieces`` yields them, each with a resume point: a small
+    JSON-able list such that ``document_pieces(path, ..., resume_at=point)`` yields that piece first and then the
+    rest, without reading what comes before it (a seek; compressed files are decompressed up to it). Pieces of
+    ``.txt`` and ``.jsonl`` files that begin a line have one; other pieces (a later part of a long line, a document
+    of the other formats) have None, and are reached by reading on from an earlier point."""
+    kind = None if path == CHITCHAT or is_hub_input(path) else input_format(path)[0]
+    if resume_at is not None and kind not in (".txt", ".jsonl"):
+        raise ValueError(f"{path}: only .txt and .jsonl inputs are read from a resume point")
+    if path == CHITCHAT:
+        yield from ((conversation, True, None) for conversation in chitchat_conversations())
+    elif is_hub_input(path):
+        yield from ((document, True, None) for document in HubDataset.parse(path).documents())
+    elif kind == ".jsonl":
+        yield from _jsonl_records(path, resume_at)
+    elif kind in _RECORD_READERS:
+        yield from ((document, True, None) for document in _RECORD_READERS[kind](path))
+    else:
+        yield from _text_pieces(path, text_documents, document_separator, resume_at)
 
 
 def iter_documents(paths: Iterable[str], text_documents: str = "file",
