@@ -312,7 +312,8 @@ def hub_streaming(args, tmp: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text-mb", type=int, default=200, help="size of the text corpus for the throughput run")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each throughput measurement; 0: none (e.g. "
+                        "for --kill-at alone, which times a full prepare of its own)")
     parser.add_argument("--num-proc", type=int, nargs="+", default=[2], help="tokenizer workers; each is measured")
     parser.add_argument("--reference", metavar="CHECKOUT", default=None,
                         help="also run prepare_dataset from this checkout of scratchgpt (e.g. a git worktree of an "
@@ -337,7 +338,8 @@ def main() -> None:
         make_tokenizer(tmp / "tokenizer")
         if args.text_mb:
             text_bytes = make_corpus(tmp / "corpus.txt", args.text_mb)
-            results["throughput"] = throughput(args, tmp, text_bytes)
+            if args.repeats:
+                results["throughput"] = throughput(args, tmp, text_bytes)
             if args.kill_at:
                 results["resume"] = resume(args, tmp, text_bytes)
             (tmp / "corpus.txt").unlink()
