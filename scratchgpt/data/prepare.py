@@ -8,8 +8,9 @@ Arrow files on disk, so memory stays bounded whatever the corpus size.
 The first three steps work in shards of about ``shard_bytes`` of text (64 MB; a shard ends where its text reaches
 that size, and may hold many small files or part of a large one). Each finished shard is kept in a hidden work
 folder beside the output (``.<output>.partial``, see ``shards``), so a prepare killed at any point (a notebook's
-disconnect, SIGKILL) continues on re-run after its last finished shard instead of starting again; the result is
-the same, token for token. The work folder is removed once the output is complete; ``rebuild`` discards it.
+disconnect, SIGKILL) continues on re-run after its last finished shard instead of starting again, seeking in a
+``.txt`` or ``.jsonl`` input to where that shard ends (``document_pieces``' resume points); the result is the same,
+token for token. The work folder is removed once the output is complete; ``rebuild`` discards it.
 
 The validation split (``split_method`` in the metadata) is, in this order of precedence:
 
@@ -327,8 +328,7 @@ def _check_conversations(files: list[str], text_documents: str, document_separat
 
 @contextmanager
 def _no_bar():
-    """datasets' progress bar off for one step whose bar would mislead (``from_generator`` calls every table it
-    writes "Generating train split", the validation blocks too), repeat once per shard (cleaning, tokenizing: the
+    """datasets' progress bar off for one step whose bar would repeat once per shard (cleaning, tokenizing: the
     shard bar covers them) or say nothing (saving)."""
     was_off = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()

@@ -30,7 +30,9 @@ Invalid UTF-8 is rejected, not repaired: the error names the file and line, so a
 A long text document is read in pieces of about ``PIECE_CHARS`` characters (``iter_document_pieces``), cut only
 between a line that ends in a non-space character and a line that starts with one: there a byte-level BPE (GPT-2
 style pre-tokenizer) and a character tokenizer give the same ids for the pieces as for the whole text, so a 10 GB
-single-file corpus streams with bounded memory and still tokenizes exactly as one document.
+single-file corpus streams with bounded memory and still tokenizes exactly as one document. ``document_pieces``
+also says where reading can resume (a byte offset): what lets a resumed ``prepare`` seek past the part of a large
+file it has already done.
 """
 
 import bz2
