@@ -384,8 +384,8 @@ def _text_pieces(path: str, text_documents: str, separator: str,
 
 def _jsonl_records(path: str, resume_at: list | None = None) -> Iterator[tuple[Document, bool, list]]:
     """``(document, True, resume point)`` for each line of a JSON lines file; see ``document_pieces``."""
-    begins, line_number, _ = resume_at or (0, 1, False)
-    for line_number, line, begins in _lines(path, start=(begins, line_number)):
+    start = (resume_at[0], resume_at[1]) if resume_at else (0, 1)
+    for line_number, line, begins in _lines(path, start=start):
         if not line.strip():
             continue
         where = f"{path}:{line_number}"
@@ -494,7 +494,8 @@ def _csv_documents(path: str) -> Iterator[Document]:
     """A ``.csv`` file's ``text`` column, one document per row (the csv module, over our line reader: line numbers
     and UTF-8 errors as for every other input)."""
     csv.field_size_limit(2**31 - 1)  # a document may be longer than the module's default of 131,072 characters
-    reader = csv.reader((line for _, line, _ in _lines(path)), strict=True)  # malformed quoting is an error, not a guess
+    # strict: malformed quoting is an error, not a guess
+    reader = csv.reader((line for _, line, _ in _lines(path)), strict=True)
     try:
         header = next(reader, None)
         if header is None:
