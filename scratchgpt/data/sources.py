@@ -567,8 +567,8 @@ def chitchat_conversations() -> Iterator[list[dict[str, str]]]:
             yield conversation
 
 
-_RECORD_READERS = {".jsonl": _jsonl_documents, ".json": _json_documents, ".csv": _csv_documents,
-                   ".parquet": _parquet_documents}
+# the formats read record by record without resume points (.jsonl has them: ``_jsonl_records``)
+_RECORD_READERS = {".json": _json_documents, ".csv": _csv_documents, ".parquet": _parquet_documents}
 
 
 def check_text_options(text_documents: str, document_separator: str = DEFAULT_SEPARATOR) -> None:
